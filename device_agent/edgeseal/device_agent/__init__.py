@@ -1,0 +1,1 @@
+"""edgeseal.device_agent."""

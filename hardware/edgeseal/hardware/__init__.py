@@ -1,0 +1,1 @@
+"""edgeseal.hardware."""
