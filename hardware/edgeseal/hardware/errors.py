@@ -44,3 +44,11 @@ class NVCounterError(HardwareError):
 
 class EmulatorError(HardwareError):
     """The emulated device (swtpm, its CA, its boot manifest) is misconfigured."""
+
+
+class PolicyFormatError(HardwareError):
+    """A signed PCR policy (or a sealed blob) is malformed, oversized or of an unknown version."""
+
+
+class KeyExistsError(HardwareError):
+    """A key already exists where a new one was to be created (pass replace=True to rotate)."""
