@@ -9,14 +9,13 @@ command exits non-zero; ``-v`` shows the traceback.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
 
-from edgeseal.device_agent.cli import emulate, open_cmd
-
-log = logging.getLogger(__name__)
+from edgeseal.device_agent.cli import emulate as emulate
+from edgeseal.device_agent.cli import open_cmd as open_cmd
+from edgeseal.sdk.cli.common import run_command
 
 _SUBCOMMANDS = (emulate, open_cmd)
 
@@ -37,8 +36,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TSS2_LOG", "all+none")
     parser = build_parser()
     args = parser.parse_args(argv)
-    from edgeseal.sdk.cli.common import run_command
-
     return run_command(args)
 
 

@@ -6,7 +6,11 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable
-from typing import Protocol, cast
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol, cast
+
+from edgeseal.sdk.errors import EdgesealError
+from edgeseal.sdk.hazmat.format import SealedModelHeader
 
 
 class _Diagnosable(Protocol):
@@ -32,3 +36,31 @@ def run_command(args: argparse.Namespace) -> int:
             raise
         print(f"error: {cast(_Diagnosable, exc).diagnostics()}", file=sys.stderr)
         return 1
+
+
+class CLIError(EdgesealError):
+    """A command-line argument or file the user gave cannot be used."""
+
+
+def header_summary(header: SealedModelHeader) -> dict[str, Any]:
+    """The fields of a sealed model header a person wants to see, JSON-ready."""
+    return {
+        "format_version": header.format_version,
+        "cipher": header.cipher,
+        "family": header.family,
+        "version": header.version,
+        "hardware": list(header.hardware),
+        "plaintext_size": header.plaintext_size,
+        "plaintext_sha256": header.plaintext_sha256.hex(),
+        "chunk_size": header.chunk_size,
+        "sealed_size": header.sealed_size,
+        "authenticated": header.authenticated,
+    }
+
+
+def open_input(path: Path, what: str) -> BinaryIO:
+    """Open a file the user named for reading, or raise a :class:`CLIError` saying why not."""
+    try:
+        return Path(path).open("rb")
+    except OSError as exc:
+        raise CLIError(f"cannot read {what} {path}: {exc.strerror}") from exc

@@ -1,0 +1,342 @@
+"""Attacks on sealed models, named after the attack. Each must be refused.
+
+FormatError (specific message) where the damage is visible without a key;
+IntegrityError (one opaque message) where only authentication can tell.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import struct
+from collections.abc import Callable
+
+import pytest
+
+from edgeseal.sdk.errors import FormatError, IntegrityError
+from edgeseal.sdk.hazmat.container import open_stream, seal_stream
+from edgeseal.sdk.hazmat.format import (
+    MAX_HEADER_SIZE,
+    MIN_CHUNK_SIZE,
+    PREAMBLE_SIZE,
+    TAG_SIZE,
+    SealedModelHeader,
+    decode_header,
+)
+from edgeseal.sdk.sealed import ContentKey, inspect_sealed_model
+
+CHUNK = MIN_CHUNK_SIZE
+DATA = bytes(range(256)) * (2 * CHUNK // 256) + b"tail" * 25  # 3 chunks, last one short
+KEY = ContentKey(bytes(range(32)))
+OPAQUE = "^sealed model failed authentication$"
+
+
+class NonSeekable(io.RawIOBase):
+    def __init__(self, data: bytes) -> None:
+        self._buf = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
+        chunk = self._buf.read(min(len(buffer), 777))
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
+
+
+def _seal(data: bytes = DATA, *, key: ContentKey = KEY, family: str = "detector") -> bytes:
+    out = io.BytesIO()
+    seal_stream(
+        io.BytesIO(data),
+        out,
+        key=key,
+        cipher="aes-256-gcm",
+        family=family,
+        version=7,
+        hardware=["jetson-orin", "rpi4"],
+        chunk_size=CHUNK,
+    )
+    return out.getvalue()
+
+
+SEALED = _seal()
+HEADER = inspect_sealed_model(io.BytesIO(SEALED))
+PAYLOAD = SEALED[len(HEADER.encoded) :]
+
+
+def _chunks(header: SealedModelHeader = HEADER, payload: bytes = PAYLOAD) -> list[bytes]:
+    out, pos = [], 0
+    for i in range(header.chunk_count):
+        n = header.chunk_plaintext_size(i) + TAG_SIZE
+        out.append(payload[pos : pos + n])
+        pos += n
+    return out
+
+
+def _open(data: bytes, *, seekable: bool = True, key: ContentKey = KEY) -> bytes:
+    src = io.BytesIO(data) if seekable else io.BufferedReader(NonSeekable(data))
+    return open_stream(src, key=key)[1]
+
+
+def _rebuild(body_edit: Callable[[dict], None], *, aead_id: int | None = None) -> bytes:
+    """Re-encode the header canonically after ``body_edit``; keep the original payload."""
+    body = json.loads(HEADER.encoded[PREAMBLE_SIZE:])
+    body_edit(body)
+    text = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    magic, version, aead, _ = struct.unpack(">8sHHI", HEADER.encoded[:PREAMBLE_SIZE])
+    preamble = struct.pack(
+        ">8sHHI", magic, version, aead if aead_id is None else aead_id, len(text)
+    )
+    return preamble + text + PAYLOAD
+
+
+def _raw_header(text: bytes, *, version: int = 1, aead_id: int = 2) -> bytes:
+    return struct.pack(">8sHHI", b"ESEALMDL", version, aead_id, len(text)) + text
+
+
+def test_fixture_has_three_chunks_with_a_short_last_one() -> None:
+    assert HEADER.chunk_count == 3
+    assert 0 < HEADER.chunk_plaintext_size(2) < CHUNK
+    assert _open(SEALED) == DATA
+
+
+# --- relabelling: every header field, changed to another valid value ---------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "edit"),
+    [
+        ("family", lambda b: b.update(family="classifier")),
+        ("version", lambda b: b.update(version=8)),
+        ("version-rollback", lambda b: b.update(version=6)),
+        ("hardware-added", lambda b: b.update(hardware=["jetson-orin", "rpi4", "rpi5"])),
+        ("hardware-removed", lambda b: b.update(hardware=["rpi4"])),
+        ("chunk_size", lambda b: b.update(chunk_size=CHUNK + 1)),
+        ("plaintext_sha256", lambda b: b.update(plaintext_sha256="00" * 32)),
+        ("nonce_prefix", lambda b: b.update(nonce_prefix="00" * 7)),
+        ("key_commitment", lambda b: b.update(key_commitment="00" * 32)),
+    ],
+)
+def test_relabelled_header_field_fails_authentication(field: str, edit: Callable) -> None:
+    forged = _rebuild(edit)
+    assert inspect_sealed_model(io.BytesIO(forged)) != HEADER  # parses fine, differs
+    for seekable in (True, False):
+        with pytest.raises(IntegrityError, match=OPAQUE):
+            _open(forged, seekable=seekable)
+
+
+def test_relabelled_cipher_id_fails_authentication() -> None:
+    with pytest.raises(IntegrityError, match=OPAQUE):
+        _open(_rebuild(lambda b: None, aead_id=0x0003))
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda b: b.update(plaintext_size=b["plaintext_size"] + 1),
+        lambda b: b.update(plaintext_size=b["plaintext_size"] - 1),
+        lambda b: b.update(chunk_size=2 * CHUNK),
+    ],
+)
+def test_size_fields_inconsistent_with_the_file_are_refused(edit: Callable) -> None:
+    forged = _rebuild(edit)
+    with pytest.raises(FormatError, match="header declares"):
+        _open(forged)
+    with pytest.raises((FormatError, IntegrityError)):
+        _open(forged, seekable=False)
+
+
+def test_header_from_another_file_with_the_same_key() -> None:
+    other = _seal(family="classifier")
+    other_header = inspect_sealed_model(io.BytesIO(other))
+    with pytest.raises(IntegrityError, match=OPAQUE):
+        _open(other_header.encoded + PAYLOAD)
+    with pytest.raises(IntegrityError, match=OPAQUE):
+        _open(HEADER.encoded + other[len(other_header.encoded) :])
+
+
+def test_header_from_another_file_with_another_key() -> None:
+    other_key = ContentKey(bytes(range(1, 33)))
+    other = _seal(key=other_key)
+    other_header = inspect_sealed_model(io.BytesIO(other))
+    with pytest.raises(IntegrityError, match=OPAQUE):
+        _open(other_header.encoded + PAYLOAD, key=other_key)
+
+
+def test_wrong_key() -> None:
+    with pytest.raises(IntegrityError, match=OPAQUE):
+        _open(SEALED, key=ContentKey.generate())
+
+
+# --- the payload: bit flips, truncation, extension, reordering, duplication ---------------
+
+
+def test_bit_flip_in_every_chunk_body_and_tag() -> None:
+    start = len(HEADER.encoded)
+    for i, chunk in enumerate(_chunks()):
+        for where in (
+            0,
+            len(chunk) // 2,
+            len(chunk) - TAG_SIZE - 1,
+            len(chunk) - TAG_SIZE,
+            len(chunk) - 1,
+        ):
+            tampered = bytearray(SEALED)
+            tampered[start + where] ^= 0x80
+            with pytest.raises(IntegrityError, match=OPAQUE):
+                _open(bytes(tampered))
+        start += len(chunk)
+        assert i < HEADER.chunk_count
+
+
+def _cut_points() -> list[int]:
+    points = set(range(0, PREAMBLE_SIZE + 2)) | {len(HEADER.encoded) - 1, len(HEADER.encoded)}
+    pos = len(HEADER.encoded)
+    for chunk in _chunks():
+        points |= {pos + 1, pos + len(chunk) // 2, pos + len(chunk) - 1, pos + len(chunk)}
+        pos += len(chunk)
+    points.discard(len(SEALED))
+    return sorted(points)
+
+
+@pytest.mark.parametrize("seekable", [True, False])
+def test_truncation_at_every_chunk_boundary_and_mid_chunk(seekable: bool) -> None:
+    for cut in _cut_points():
+        with pytest.raises(FormatError, match=r"truncated|does not start"):
+            _open(SEALED[:cut], seekable=seekable)
+
+
+@pytest.mark.parametrize("seekable", [True, False])
+@pytest.mark.parametrize(
+    "extra",
+    [b"\x00", b"x" * TAG_SIZE, _chunks()[-1], _chunks()[0]],
+    ids=["1", "tag", "last", "first"],
+)
+def test_extension_after_the_final_chunk(seekable: bool, extra: bytes) -> None:
+    with pytest.raises(FormatError, match="after its final chunk"):
+        _open(SEALED + extra, seekable=seekable)
+
+
+def test_reordered_chunks() -> None:
+    c = _chunks()
+    with pytest.raises(IntegrityError, match=OPAQUE):
+        _open(HEADER.encoded + c[1] + c[0] + c[2])
+
+
+def test_duplicated_chunk_in_place_of_another() -> None:
+    c = _chunks()
+    with pytest.raises(IntegrityError, match=OPAQUE):
+        _open(HEADER.encoded + c[0] + c[0] + c[2])
+
+
+def test_dropped_final_chunk_with_header_patched_to_match() -> None:
+    c = _chunks()
+    forged = _rebuild(lambda b: b.update(plaintext_size=2 * CHUNK))
+    header = decode_header(forged[: forged.index(b"}") + 1])
+    with pytest.raises(IntegrityError, match=OPAQUE):
+        _open(header.encoded + c[0] + c[1])
+
+
+# --- framing the reader refuses by name --------------------------------------------------
+
+
+def test_unknown_format_version_is_named() -> None:
+    forged = SEALED[:8] + struct.pack(">H", 7) + SEALED[10:]
+    with pytest.raises(FormatError) as caught:
+        _open(forged)
+    assert caught.value.message == (
+        "unsupported sealed model format version 7; this edgeseal reads version 1"
+    )
+    assert caught.value.field == "format_version"
+
+
+def test_unknown_algorithm_id_is_named() -> None:
+    forged = SEALED[:10] + struct.pack(">H", 0x0001) + SEALED[12:]
+    with pytest.raises(FormatError, match="unsupported sealed model cipher id 0x0001"):
+        _open(forged)
+
+
+def test_oversized_header_length_is_refused_unread() -> None:
+    forged = SEALED[:12] + struct.pack(">I", MAX_HEADER_SIZE + 1) + SEALED[16:]
+    with pytest.raises(FormatError, match="exceeds the maximum of 65536 bytes"):
+        _open(forged)
+    with pytest.raises(FormatError, match="header length is 0"):
+        _open(SEALED[:12] + struct.pack(">I", 0) + SEALED[16:])
+
+
+def test_bad_magic() -> None:
+    with pytest.raises(FormatError, match="not a sealed model"):
+        _open(b"PK\x03\x04" + SEALED[4:])
+
+
+_VALID = json.loads(HEADER.encoded[PREAMBLE_SIZE:])
+
+
+def _body(**changes: object) -> bytes:
+    body = dict(_VALID, **changes)
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        (_body(family="Detector"), "family"),
+        (_body(family=7), "family"),
+        (_body(version=-1), "version"),
+        (_body(version=2**63), "version"),
+        (_body(version=True), "version"),
+        (_body(version="7"), "version"),
+        (_body(hardware=[]), "hardware"),
+        (_body(hardware="rpi4"), "hardware"),
+        (_body(hardware=["rpi4", "jetson-orin"]), "hardware"),
+        (_body(hardware=["rpi4", "rpi4"]), "hardware"),
+        (_body(hardware=["RPI4"]), "hardware"),
+        (_body(chunk_size=CHUNK - 1), "chunk_size"),
+        (_body(chunk_size=16 * 1024 * 1024 + 1), "chunk_size"),
+        (_body(plaintext_size=4 * 1024**3 + 1), "plaintext_size"),
+        (_body(plaintext_size=-1), "plaintext_size"),
+        (_body(plaintext_sha256="AB" * 32), "plaintext_sha256"),
+        (_body(plaintext_sha256="ab" * 31), "plaintext_sha256"),
+        (_body(nonce_prefix="00" * 8), "nonce_prefix"),
+        (_body(key_commitment=None), "key_commitment"),
+        (_body(extra=1), "extra"),
+        (
+            json.dumps(
+                {k: v for k, v in _VALID.items() if k != "family"},
+                sort_keys=True,
+                separators=(",", ":"),
+            ).encode(),
+            "family",
+        ),
+        (_body()[:-1] + b',"version":7}', "version"),
+        (_body().replace(b'"version":7', b'"version":7.0'), None),
+        (_body().replace(b",", b", "), "header"),
+        (json.dumps(dict(reversed(_VALID.items())), separators=(",", ":")).encode(), "header"),
+        (b"[]", "header"),
+        (b"{", "header"),
+        (b"[" * 5000 + b"]" * 5000, "header"),
+        (b'{"a":' + b"9" * 5000 + b"}", "header"),
+        ('{"family":"d\u00e9tector"}'.encode(), "header"),
+    ],
+)
+def test_malformed_header_is_refused_naming_the_field(text: bytes, field: str | None) -> None:
+    with pytest.raises(FormatError) as caught:
+        decode_header(_raw_header(text))
+    if field is not None:
+        assert caught.value.field == field
+        assert field in caught.value.diagnostics()
+    with pytest.raises(FormatError):
+        _open(_raw_header(text) + PAYLOAD)
+
+
+def test_integrity_failures_log_no_secrets(caplog: pytest.LogCaptureFixture) -> None:
+    tampered = bytearray(SEALED)
+    tampered[-1] ^= 1
+    with caplog.at_level(logging.DEBUG, logger="edgeseal"), pytest.raises(IntegrityError):
+        _open(bytes(tampered))
+    assert caplog.records, "the failure should leave a debug trace"
+    text = caplog.text
+    assert KEY.secret_bytes().hex() not in text
+    assert DATA[:16].hex() not in text
+    assert IntegrityError().diagnostics().startswith("sealed model failed authentication")
