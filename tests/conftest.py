@@ -52,3 +52,14 @@ def swtpm(tmp_path: Path) -> Iterator[SwtpmProcess]:
         yield proc
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def swtpm_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One project-local swtpm CA for every emulated device of the session."""
+    require_executable("swtpm", "swtpm")
+    require_executable("swtpm_setup", "swtpm-tools")
+    require_module("tpm2_pytss", "tpm2-pytss")
+    from edgeseal.hardware.localca import ensure_local_ca
+
+    return ensure_local_ca(tmp_path_factory.mktemp("swtpm-ca")).ca_dir

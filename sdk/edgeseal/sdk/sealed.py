@@ -12,7 +12,10 @@
 
 The only choice is the cipher: ``"aes-256-gcm"`` (default) or
 ``"chacha20-poly1305"`` for CPUs without AES instructions, such as the
-Raspberry Pi 4's Cortex-A72. Format details: :mod:`edgeseal.sdk.hazmat.format`.
+Raspberry Pi 4's Cortex-A72. The plaintext digest is always BLAKE3 here; a
+caller who needs SHA-256 seals with :func:`edgeseal.sdk.hazmat.container.seal_stream`,
+and :func:`open_sealed_model` verifies whichever algorithm the header names.
+Format details: :mod:`edgeseal.sdk.hazmat.format`.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import BinaryIO
 
 from edgeseal.sdk.errors import SealError
 from edgeseal.sdk.hazmat.container import open_stream, read_header, seal_stream
+from edgeseal.sdk.hazmat.digest import DEFAULT_DIGEST_ALG
 from edgeseal.sdk.hazmat.format import (
     CIPHER_IDS,
     MAX_HARDWARE_CLASSES,
@@ -100,12 +104,13 @@ def seal_model(
         version=version,
         hardware=hardware,
         chunk_size=DEFAULT_CHUNK_SIZE,
+        digest_alg=DEFAULT_DIGEST_ALG,
     )
     return SealedModelInfo(header=header, content_key=key)
 
 
 def open_sealed_model(src: BinaryIO, *, content_key: ContentKey) -> OpenedModel:
-    """Authenticate and decrypt a sealed model into memory; check its plaintext SHA-256.
+    """Authenticate and decrypt a sealed model into memory; check its plaintext digest.
 
     Raises :class:`~edgeseal.sdk.errors.FormatError` for malformed, truncated
     or over-long files and :class:`~edgeseal.sdk.errors.IntegrityError` (one

@@ -95,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
     result = {
         "family": header.family,
         "version": header.version,
-        "plaintext_sha256": header.plaintext_sha256.hex(),
+        "digest_alg": header.digest_alg,
+        "plaintext_digest": header.plaintext_digest.hex(),
         "runtime": model.runtime_name,
         "outputs": [o.tolist() for o in outputs],
     }

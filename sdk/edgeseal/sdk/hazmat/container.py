@@ -17,18 +17,16 @@ whose size disagrees with its header is refused before any decryption.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import io
 import logging
 import secrets
-from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from typing import BinaryIO
 
 from edgeseal.sdk.errors import FormatError, IntegrityError, SealError
+from edgeseal.sdk.hazmat.digest import DIGEST_ALGS, PipelinedHasher, new_hasher
 from edgeseal.sdk.hazmat.format import (
     MAX_PLAINTEXT_SIZE,
     NONCE_PREFIX_SIZE,
@@ -46,7 +44,6 @@ logger = logging.getLogger(__name__)
 
 _HASH_READ_SIZE = 1024 * 1024
 _THREADED_HASH_MIN_CHUNKS = 4
-_MAX_PENDING = 2
 
 
 def read_exact(src: BinaryIO, size: int) -> bytes:
@@ -88,19 +85,27 @@ def seal_stream(
     version: int,
     hardware: Sequence[str],
     chunk_size: int,
+    digest_alg: str,
     nonce_prefix: bytes | None = None,
 ) -> SealedModelHeader:
     """Seal the rest of seekable ``src`` into ``dst``; return the (authenticated) header.
 
+    ``digest_alg`` is the plaintext digest recorded in the header: ``"blake3"``
+    (what :func:`~edgeseal.sdk.sealed.seal_model` uses) or ``"sha256"``.
     ``nonce_prefix`` defaults to fresh random bytes; pass one only for test
     vectors - reusing a prefix with the same key reuses nonces. On error,
     ``dst`` holds a partial file: write to a temporary file and rename.
     """
     if not src.seekable():
         raise SealError("the model source must be seekable: it is read twice", field="src")
+    if digest_alg not in DIGEST_ALGS:
+        raise SealError(
+            f"unknown digest algorithm {digest_alg!r}; choose one of {', '.join(DIGEST_ALGS)}",
+            field="digest_alg",
+        )
     prefix = secrets.token_bytes(NONCE_PREFIX_SIZE) if nonce_prefix is None else nonce_prefix
     start = src.tell()
-    size, digest = _hash_source(src)
+    size, digest = _hash_source(src, digest_alg)
     try:
         header = encode_header(
             cipher=cipher,
@@ -109,7 +114,8 @@ def seal_stream(
             hardware=hardware,
             chunk_size=chunk_size,
             plaintext_size=size,
-            plaintext_sha256=digest,
+            digest_alg=digest_alg,
+            plaintext_digest=digest,
             nonce_prefix=prefix,
             key_commitment=key_commitment(key, prefix),
         )
@@ -118,7 +124,7 @@ def seal_stream(
     src.seek(start)
     dst.write(header.encoded)
     sealer = StreamSealer(key, header.cipher, header.nonce_prefix, header.digest)
-    rehash = hashlib.sha256()
+    rehash = new_hasher(digest_alg)
     for index in range(header.chunk_count):
         want = header.chunk_plaintext_size(index)
         chunk = read_exact(src, want)
@@ -135,7 +141,7 @@ def open_stream(src: BinaryIO, *, key: ContentKey) -> tuple[SealedModelHeader, b
     """Authenticate and decrypt a whole sealed model into memory.
 
     Returns the header (now ``authenticated=True``) and the plaintext, whose
-    SHA-256 was checked against the header. Raises FormatError for malformed,
+    digest (with the algorithm the header names) was checked against the header. Raises FormatError for malformed,
     truncated or over-long input and IntegrityError for anything that fails
     authentication.
     """
@@ -147,7 +153,8 @@ def open_stream(src: BinaryIO, *, key: ContentKey) -> tuple[SealedModelHeader, b
     opener = StreamOpener(key, header.cipher, header.nonce_prefix, header.digest)
     out = io.BytesIO()
     last_index = header.chunk_count - 1
-    with _PipelinedSha256(threaded=header.chunk_count >= _THREADED_HASH_MIN_CHUNKS) as hasher:
+    threaded = header.chunk_count >= _THREADED_HASH_MIN_CHUNKS
+    with PipelinedHasher(header.digest_alg, threaded=threaded) as hasher:
         for index in range(header.chunk_count):
             want = header.chunk_plaintext_size(index) + TAG_SIZE
             sealed_chunk = read_exact(src, want)
@@ -167,51 +174,15 @@ def open_stream(src: BinaryIO, *, key: ContentKey) -> tuple[SealedModelHeader, b
                 field="payload",
             )
         digest = hasher.digest()
-    if not hmac.compare_digest(digest, header.plaintext_sha256):
+    if not hmac.compare_digest(digest, header.plaintext_digest):
         # Every chunk authenticated, so the sealer itself wrote a wrong digest.
         logger.debug("plaintext digest mismatch after successful authentication")
         raise IntegrityError
     return _authenticated(header), out.getvalue()
 
 
-class _PipelinedSha256:
-    """SHA-256 of a chunk sequence, hashed on a worker thread while the caller decrypts.
-
-    SHA-256 (about 1.4 GB/s with SHA-NI) is slower than AES-GCM (several GB/s
-    with VAES), and hashlib releases the GIL on large buffers, so hashing chunk
-    ``i`` while chunk ``i + 1`` is read and decrypted nearly halves the open
-    time of large models. At most ``_MAX_PENDING`` chunks wait for the hasher,
-    which keeps memory bounded by a few chunks.
-    """
-
-    def __init__(self, *, threaded: bool) -> None:
-        self._hasher = hashlib.sha256()
-        self._pool = ThreadPoolExecutor(1, "edgeseal-sha256") if threaded else None
-        self._pending: deque[Future[None]] = deque()
-
-    def __enter__(self) -> _PipelinedSha256:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-
-    def update(self, data: bytes) -> None:
-        if self._pool is None:
-            self._hasher.update(data)
-            return
-        self._pending.append(self._pool.submit(self._hasher.update, data))
-        while len(self._pending) > _MAX_PENDING:
-            self._pending.popleft().result()
-
-    def digest(self) -> bytes:
-        while self._pending:
-            self._pending.popleft().result()
-        return self._hasher.digest()
-
-
-def _hash_source(src: BinaryIO) -> tuple[int, bytes]:
-    hasher = hashlib.sha256()
+def _hash_source(src: BinaryIO, digest_alg: str) -> tuple[int, bytes]:
+    hasher = new_hasher(digest_alg)
     size = 0
     while True:
         block = src.read(_HASH_READ_SIZE)

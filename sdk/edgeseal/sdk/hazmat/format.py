@@ -23,6 +23,10 @@ integers only, the exact key set below, hardware classes sorted and unique.
 A decoder that accepted several encodings would let one authenticated header
 look different to different tools.
 
+The plaintext digest names its algorithm (``digest_alg``, a closed set:
+``blake3`` by default, ``sha256`` for callers who must use a FIPS-approved
+hash); a reader refuses an algorithm it does not know, by name.
+
 Nothing here does I/O or uses a key: decoding takes bytes and raises
 :class:`~edgeseal.sdk.errors.FormatError` naming the field.
 """
@@ -58,15 +62,19 @@ KEY_COMMITMENT_SIZE = 32
 CIPHER_IDS: dict[str, int] = {"aes-256-gcm": 0x0002, "chacha20-poly1305": 0x0003}
 CIPHER_NAMES: dict[int, str] = {v: k for k, v in CIPHER_IDS.items()}
 
+#: Closed set of plaintext digest algorithms: header name -> digest size in bytes.
+DIGEST_SIZES: dict[str, int] = {"blake3": 32, "sha256": 32}
+
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}", re.ASCII)
 _HEADER_KEYS = frozenset(
     {
         "chunk_size",
+        "digest_alg",
         "family",
         "hardware",
         "key_commitment",
         "nonce_prefix",
-        "plaintext_sha256",
+        "plaintext_digest",
         "plaintext_size",
         "version",
     }
@@ -102,7 +110,8 @@ class SealedModelHeader:
     hardware: tuple[str, ...]
     chunk_size: int
     plaintext_size: int
-    plaintext_sha256: bytes
+    digest_alg: str
+    plaintext_digest: bytes
     nonce_prefix: bytes
     key_commitment: bytes
     encoded: bytes = field(repr=False)
@@ -145,7 +154,8 @@ def encode_header(
     hardware: Sequence[str],
     chunk_size: int,
     plaintext_size: int,
-    plaintext_sha256: bytes,
+    digest_alg: str,
+    plaintext_digest: bytes,
     nonce_prefix: bytes,
     key_commitment: bytes,
 ) -> SealedModelHeader:
@@ -159,11 +169,12 @@ def encode_header(
         hw = sorted(set(hardware))
     body = {
         "chunk_size": chunk_size,
+        "digest_alg": digest_alg,
         "family": family,
         "hardware": hw,
         "key_commitment": bytes(key_commitment).hex(),
         "nonce_prefix": bytes(nonce_prefix).hex(),
-        "plaintext_sha256": bytes(plaintext_sha256).hex(),
+        "plaintext_digest": bytes(plaintext_digest).hex(),
         "plaintext_size": plaintext_size,
         "version": version,
     }
@@ -244,7 +255,8 @@ def decode_header(authenticated_header: bytes) -> SealedModelHeader:
         hardware=tuple(body["hardware"]),
         chunk_size=body["chunk_size"],
         plaintext_size=body["plaintext_size"],
-        plaintext_sha256=bytes.fromhex(body["plaintext_sha256"]),
+        digest_alg=body["digest_alg"],
+        plaintext_digest=bytes.fromhex(body["plaintext_digest"]),
         nonce_prefix=bytes.fromhex(body["nonce_prefix"]),
         key_commitment=bytes.fromhex(body["key_commitment"]),
         encoded=data,
@@ -350,6 +362,13 @@ def _validate_body(body: dict[str, Any]) -> None:
         raise FormatError("header field hardware must be sorted and unique", field="hardware")
     _check_int(body, "chunk_size", MIN_CHUNK_SIZE, MAX_CHUNK_SIZE)
     _check_int(body, "plaintext_size", 0, MAX_PLAINTEXT_SIZE)
-    _check_hex(body, "plaintext_sha256", 32)
+    digest_alg = body["digest_alg"]
+    if not isinstance(digest_alg, str) or digest_alg not in DIGEST_SIZES:
+        raise FormatError(
+            f"unsupported plaintext digest algorithm {str(digest_alg)[:40]!r}; "
+            f"this edgeseal reads {', '.join(DIGEST_SIZES)}",
+            field="digest_alg",
+        )
+    _check_hex(body, "plaintext_digest", DIGEST_SIZES[digest_alg])
     _check_hex(body, "nonce_prefix", NONCE_PREFIX_SIZE)
     _check_hex(body, "key_commitment", KEY_COMMITMENT_SIZE)
