@@ -8,9 +8,11 @@ never pass by silently skipping the hardware, broker or serial tests.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -63,3 +65,21 @@ def swtpm_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from edgeseal.hardware.localca import ensure_local_ca
 
     return ensure_local_ca(tmp_path_factory.mktemp("swtpm-ca")).ca_dir
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leaked_swtpm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Fail the run if a test leaves a swtpm running in its temp dirs (and stop it)."""
+    yield
+    base = str(tmp_path_factory.getbasetemp())
+    leaked = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmdline and cmdline[0].endswith(b"swtpm") and base.encode() in b" ".join(cmdline):
+            leaked.append(int(proc.name))
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(proc.name), signal.SIGKILL)
+    assert not leaked, f"tests left swtpm processes running: {leaked}"

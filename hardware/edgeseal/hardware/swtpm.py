@@ -92,16 +92,7 @@ class SwtpmProcess:
             pid = int(self.pid_file.read_text().strip())
         except (OSError, ValueError):
             return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            return pid
-        # A zombie child still answers kill(0); reap it if it is ours.
-        if self._proc is not None and self._proc.poll() is not None:
-            return None
-        return pid
+        return pid if self._alive(pid) else None
 
     def running(self) -> bool:
         return self.pid() is not None
@@ -188,10 +179,19 @@ class SwtpmProcess:
         self.stop(timeout=2.0)
 
     def _alive(self, pid: int) -> bool:
+        """Whether ``pid`` runs. A zombie counts as dead: swtpm started by another
+        process is reaped by init, which may take its time."""
         if self._proc is not None and self._proc.pid == pid:
             return self._proc.poll() is None
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
             return False
-        return True
+        except PermissionError:
+            return True
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return True  # no procfs: trust kill(0)
+        # The state follows the parenthesised command name: "pid (comm) S ...".
+        return stat.rsplit(")", 1)[-1].split()[:1] != ["Z"]
