@@ -190,7 +190,7 @@ def open_backend(spec: str, **options: int) -> KeyBackend:
     """
     if spec.startswith(SOFTWARE_PREFIX):
         # Imported here: each backend pulls its own dependencies (tpm2-pytss is optional).
-        from edgeseal.hardware.software import SoftwareBackend  # noqa: PLC0415
+        from edgeseal.hardware.software import SoftwareBackend
 
         state_dir = spec[len(SOFTWARE_PREFIX) :]
         if not state_dir:
@@ -203,6 +203,6 @@ def open_backend(spec: str, **options: int) -> KeyBackend:
             "device:/dev/tpmrm0, swtpm:host=H,port=P, mssim:host=H,port=P, tabrmd, "
             "software:/path/to/dir"
         )
-    from edgeseal.hardware.tpm import TPMBackend  # noqa: PLC0415
+    from edgeseal.hardware.tpm import TPMBackend
 
     return TPMBackend(spec, **options)

@@ -45,6 +45,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from edgeseal.hardware.backend import KeyBackend, open_backend
 from edgeseal.hardware.errors import EmulatorError
+from edgeseal.hardware.files import atomic_write
 from edgeseal.hardware.localca import LocalCA, provision_swtpm_state
 from edgeseal.hardware.measured_boot import (
     BOOT_COMPONENTS,
@@ -377,24 +378,9 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
 
 
 def _atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves the old or the new file, never half."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        try:
-            os.fchmod(fd, mode)
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        tmp.replace(path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        atomic_write(path, data, mode=mode)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise EmulatorError(f"cannot write {path}: {exc}") from exc
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import secrets
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,6 +42,7 @@ from edgeseal.hardware.errors import (
     NVCounterError,
     PolicyCheckError,
 )
+from edgeseal.hardware.files import atomic_write
 from edgeseal.hardware.policy import (
     BANK_SHA256,
     DIGEST_SIZE,
@@ -117,21 +117,8 @@ class SoftwareBackend:
         return self.state_dir / name
 
     def _write(self, name: str, data: bytes) -> None:
-        """Atomic, 0600, fsync'ed file and directory (a power cut leaves old or new)."""
-        path = self._path(name)
-        tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        tmp.replace(path)
-        dir_fd = os.open(self.state_dir, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        """Atomic, 0600, fsync'ed (a power cut leaves the old or the new file)."""
+        atomic_write(self._path(name), data, mode=0o600)
 
     def _read(self, name: str) -> bytes | None:
         path = self._path(name)

@@ -142,7 +142,9 @@ class SwtpmProcess:
                         proc.stderr.close()
                     self._proc = proc
                     self.port_file.write_text(f"{port}\n")
-                    log.debug("swtpm started: pid %d port %d state %s", proc.pid, port, self.state_dir)
+                    log.debug(
+                        "swtpm started: pid %d port %d state %s", proc.pid, port, self.state_dir
+                    )
                     return self.tcti
                 time.sleep(0.01)
             else:
