@@ -103,15 +103,15 @@ def test_policy_digests_match_a_real_tpm_trial_session(
     swtpm: SwtpmProcess, authority: ec.EllipticCurvePrivateKey
 ) -> None:
     # Imported here so that the pure tests above run without tpm2-pytss.
-    from tpm2_pytss import ESAPI  # noqa: PLC0415
-    from tpm2_pytss.constants import (  # noqa: PLC0415
+    from tpm2_pytss import ESAPI
+    from tpm2_pytss.constants import (
         ESYS_TR,
         TPM2_ALG,
         TPM2_RH,
         TPM2_SE,
         TPM2_ST,
     )
-    from tpm2_pytss.types import (  # noqa: PLC0415
+    from tpm2_pytss.types import (
         TPM2B_PUBLIC,
         TPML_DIGEST_VALUES,
         TPML_PCR_SELECTION,

@@ -23,7 +23,10 @@ from edgeseal.sdk.errors import EnvelopeError
 from edgeseal.sdk.hazmat.format import SealedModelHeader
 from edgeseal.sdk.sealed import ContentKey, inspect_sealed_model, seal_model
 
-OPAQUE = "^envelope failed authentication$"
+OPAQUE = (
+    "^envelope failed authentication: it was made for another device or for another sealed "
+    "model, or it was modified$"
+)
 
 
 def _header(version: int = 1, family: str = "detector") -> SealedModelHeader:

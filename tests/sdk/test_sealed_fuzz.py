@@ -31,6 +31,7 @@ seal_stream(
     version=1,
     hardware=["rpi4"],
     chunk_size=MIN_CHUNK_SIZE,
+    digest_alg="blake3",
 )
 SEALED = _out.getvalue()
 HEADER_END = len(inspect_sealed_model(io.BytesIO(SEALED)).encoded)

@@ -7,6 +7,7 @@ import io
 import os
 
 import pytest
+from blake3 import blake3
 
 from edgeseal.sdk.errors import SealError
 from edgeseal.sdk.hazmat.container import open_stream, seal_stream
@@ -23,7 +24,9 @@ from edgeseal.sdk.sealed import (
 CHUNK = MIN_CHUNK_SIZE
 
 
-def _seal_small(data: bytes, key: ContentKey, cipher: str = "aes-256-gcm") -> bytes:
+def _seal_small(
+    data: bytes, key: ContentKey, cipher: str = "aes-256-gcm", digest_alg: str = "blake3"
+) -> bytes:
     out = io.BytesIO()
     seal_stream(
         io.BytesIO(data),
@@ -34,6 +37,7 @@ def _seal_small(data: bytes, key: ContentKey, cipher: str = "aes-256-gcm") -> by
         version=7,
         hardware=["rpi4"],
         chunk_size=CHUNK,
+        digest_alg=digest_alg,
     )
     return out.getvalue()
 
@@ -55,18 +59,24 @@ class OneByteReader(io.RawIOBase):
         return n
 
 
+def _reference_digest(alg: str, data: bytes) -> bytes:
+    return blake3(data).digest() if alg == "blake3" else hashlib.sha256(data).digest()
+
+
+@pytest.mark.parametrize("digest_alg", ["blake3", "sha256"])
 @pytest.mark.parametrize("cipher", ["aes-256-gcm", "chacha20-poly1305"])
 @pytest.mark.parametrize("size", [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK, 3 * CHUNK + 17])
-def test_round_trip_at_chunk_boundaries(cipher: str, size: int) -> None:
+def test_round_trip_at_chunk_boundaries(cipher: str, digest_alg: str, size: int) -> None:
     key = ContentKey.generate()
     data = os.urandom(size)
-    sealed = _seal_small(data, key, cipher)
+    sealed = _seal_small(data, key, cipher, digest_alg)
     header, plaintext = open_stream(io.BytesIO(sealed), key=key)
     assert plaintext == data
     assert header.authenticated
     assert header.cipher == cipher
     assert header.plaintext_size == size
-    assert header.plaintext_sha256 == hashlib.sha256(data).digest()
+    assert header.digest_alg == digest_alg
+    assert header.plaintext_digest == _reference_digest(digest_alg, data)
     assert header.chunk_count == max(1, -(-size // CHUNK))
     assert (
         len(sealed)
@@ -84,6 +94,8 @@ def test_recipe_round_trip_and_inspect() -> None:
     assert info.header.authenticated
     assert info.header.hardware == ("jetson-orin", "rpi4")
     assert info.header.chunk_size == DEFAULT_CHUNK_SIZE
+    assert info.header.digest_alg == "blake3"
+    assert info.header.plaintext_digest == blake3(data).digest()
 
     out.seek(0)
     inspected = inspect_sealed_model(out)
@@ -163,6 +175,25 @@ def test_seal_refuses_bad_arguments(kwargs: dict[str, object], field: str) -> No
         seal_model(io.BytesIO(b"m"), io.BytesIO(), **args)  # type: ignore[arg-type]
     assert caught.value.field == field
     assert field in caught.value.diagnostics()
+
+
+def test_recipe_opens_a_sha256_model_sealed_with_hazmat() -> None:
+    key = ContentKey.generate()
+    data = os.urandom(5 * CHUNK + 1)  # enough chunks for the threaded hasher
+    opened = open_sealed_model(
+        io.BytesIO(_seal_small(data, key, digest_alg="sha256")), content_key=key
+    )
+    assert opened.plaintext == data
+    assert opened.header.digest_alg == "sha256"
+    assert opened.header.plaintext_digest == hashlib.sha256(data).digest()
+
+
+@pytest.mark.parametrize("digest_alg", ["md5", "sha3-256", "BLAKE3", ""])
+def test_hazmat_seal_refuses_an_unknown_digest_algorithm(digest_alg: str) -> None:
+    with pytest.raises(SealError) as caught:
+        _seal_small(b"model", ContentKey.generate(), digest_alg=digest_alg)
+    assert caught.value.field == "digest_alg"
+    assert repr(digest_alg) in caught.value.message
 
 
 def test_seal_refuses_non_seekable_source() -> None:

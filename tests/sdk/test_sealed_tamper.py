@@ -6,6 +6,7 @@ IntegrityError (one opaque message) where only authentication can tell.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -13,6 +14,7 @@ import struct
 from collections.abc import Callable
 
 import pytest
+from blake3 import blake3
 
 from edgeseal.sdk.errors import FormatError, IntegrityError
 from edgeseal.sdk.hazmat.container import open_stream, seal_stream
@@ -23,8 +25,10 @@ from edgeseal.sdk.hazmat.format import (
     TAG_SIZE,
     SealedModelHeader,
     decode_header,
+    encode_header,
 )
-from edgeseal.sdk.sealed import ContentKey, inspect_sealed_model
+from edgeseal.sdk.hazmat.stream import StreamSealer, key_commitment
+from edgeseal.sdk.sealed import ContentKey, inspect_sealed_model, open_sealed_model
 
 CHUNK = MIN_CHUNK_SIZE
 DATA = bytes(range(256)) * (2 * CHUNK // 256) + b"tail" * 25  # 3 chunks, last one short
@@ -56,6 +60,7 @@ def _seal(data: bytes = DATA, *, key: ContentKey = KEY, family: str = "detector"
         version=7,
         hardware=["jetson-orin", "rpi4"],
         chunk_size=CHUNK,
+        digest_alg="blake3",
     )
     return out.getvalue()
 
@@ -113,7 +118,14 @@ def test_fixture_has_three_chunks_with_a_short_last_one() -> None:
         ("hardware-added", lambda b: b.update(hardware=["jetson-orin", "rpi4", "rpi5"])),
         ("hardware-removed", lambda b: b.update(hardware=["rpi4"])),
         ("chunk_size", lambda b: b.update(chunk_size=CHUNK + 1)),
-        ("plaintext_sha256", lambda b: b.update(plaintext_sha256="00" * 32)),
+        ("plaintext_digest", lambda b: b.update(plaintext_digest="00" * 32)),
+        ("digest_alg", lambda b: b.update(digest_alg="sha256")),
+        (
+            "digest_alg-downgrade",
+            lambda b: b.update(
+                digest_alg="sha256", plaintext_digest=hashlib.sha256(DATA).hexdigest()
+            ),
+        ),
         ("nonce_prefix", lambda b: b.update(nonce_prefix="00" * 7)),
         ("key_commitment", lambda b: b.update(key_commitment="00" * 32)),
     ],
@@ -238,6 +250,69 @@ def test_dropped_final_chunk_with_header_patched_to_match() -> None:
         _open(header.encoded + c[0] + c[1])
 
 
+# --- the plaintext digest: a sealer that wrote the wrong one ------------------------------
+
+
+def _seal_with_digest(digest_alg: str, plaintext_digest: bytes, data: bytes = DATA) -> bytes:
+    """A well-authenticated file whose header carries the given digest, right or wrong.
+
+    Built from the hazmat blocks because ``seal_stream`` always writes the true digest:
+    this is a buggy or malicious sealer that holds the content key.
+    """
+    prefix = bytes(7)
+    header = encode_header(
+        cipher="aes-256-gcm",
+        family="detector",
+        version=7,
+        hardware=["rpi4"],
+        chunk_size=CHUNK,
+        plaintext_size=len(data),
+        digest_alg=digest_alg,
+        plaintext_digest=plaintext_digest,
+        nonce_prefix=prefix,
+        key_commitment=key_commitment(KEY, prefix),
+    )
+    sealer = StreamSealer(KEY, header.cipher, prefix, header.digest)
+    chunks = [
+        sealer.seal_chunk(data[i * CHUNK : (i + 1) * CHUNK], last=i == header.chunk_count - 1)
+        for i in range(header.chunk_count)
+    ]
+    return header.encoded + b"".join(chunks)
+
+
+@pytest.mark.parametrize("digest_alg", ["blake3", "sha256"])
+def test_hand_built_file_with_the_true_digest_opens(digest_alg: str) -> None:
+    """Control for the next test: the hand-built sealer is otherwise correct."""
+    true = blake3(DATA).digest() if digest_alg == "blake3" else hashlib.sha256(DATA).digest()
+    assert _open(_seal_with_digest(digest_alg, true)) == DATA
+
+
+@pytest.mark.parametrize(
+    ("digest_alg", "plaintext_digest"),
+    [
+        ("blake3", bytes(32)),
+        ("sha256", bytes(32)),
+        ("blake3", hashlib.sha256(DATA).digest()),  # labelled blake3, holds the SHA-256
+        ("sha256", blake3(DATA).digest()),  # labelled sha256, holds the BLAKE3
+        ("blake3", blake3(DATA[:-1]).digest()),  # the digest of another plaintext
+    ],
+)
+def test_authenticated_file_whose_digest_does_not_match_is_refused(
+    digest_alg: str, plaintext_digest: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    # DATA is 3 chunks (hashed inline); DATA * 2 is 6 (hashed on the worker thread).
+    for data in (DATA, DATA * 2):
+        forged = _seal_with_digest(digest_alg, plaintext_digest, data)
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="edgeseal"):
+            for seekable in (True, False):
+                with pytest.raises(IntegrityError, match=OPAQUE):
+                    _open(forged, seekable=seekable)
+            with pytest.raises(IntegrityError, match=OPAQUE):
+                open_sealed_model(io.BytesIO(forged), content_key=KEY)
+        assert "plaintext digest mismatch" in caplog.text
+
+
 # --- framing the reader refuses by name --------------------------------------------------
 
 
@@ -255,6 +330,19 @@ def test_unknown_algorithm_id_is_named() -> None:
     forged = SEALED[:10] + struct.pack(">H", 0x0001) + SEALED[12:]
     with pytest.raises(FormatError, match="unsupported sealed model cipher id 0x0001"):
         _open(forged)
+
+
+@pytest.mark.parametrize("alg", ["md5", "sha3-256", "blake2b", "BLAKE3", "sha-256", ""])
+def test_unknown_digest_algorithm_is_named(alg: str) -> None:
+    forged = _rebuild(lambda b: b.update(digest_alg=alg))
+    expected = f"unsupported plaintext digest algorithm {alg!r}; this edgeseal reads blake3, sha256"
+    with pytest.raises(FormatError) as caught:
+        inspect_sealed_model(io.BytesIO(forged))
+    assert (caught.value.message, caught.value.field) == (expected, "digest_alg")
+    for seekable in (True, False):
+        with pytest.raises(FormatError) as caught:
+            _open(forged, seekable=seekable)
+        assert (caught.value.message, caught.value.field) == (expected, "digest_alg")
 
 
 def test_oversized_header_length_is_refused_unread() -> None:
@@ -296,8 +384,11 @@ def _body(**changes: object) -> bytes:
         (_body(chunk_size=16 * 1024 * 1024 + 1), "chunk_size"),
         (_body(plaintext_size=4 * 1024**3 + 1), "plaintext_size"),
         (_body(plaintext_size=-1), "plaintext_size"),
-        (_body(plaintext_sha256="AB" * 32), "plaintext_sha256"),
-        (_body(plaintext_sha256="ab" * 31), "plaintext_sha256"),
+        (_body(plaintext_digest="AB" * 32), "plaintext_digest"),
+        (_body(plaintext_digest="ab" * 31), "plaintext_digest"),
+        (_body(digest_alg="sha256", plaintext_digest="ab" * 33), "plaintext_digest"),
+        (_body(digest_alg=None), "digest_alg"),
+        (_body(digest_alg=["blake3"]), "digest_alg"),
         (_body(nonce_prefix="00" * 8), "nonce_prefix"),
         (_body(key_commitment=None), "key_commitment"),
         (_body(extra=1), "extra"),

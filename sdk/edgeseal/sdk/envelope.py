@@ -170,6 +170,13 @@ def open_envelope(envelope: bytes, recipient: Recipient, header: SealedModelHead
     context = hpke.setup_base_r(
         enc, pk_r, recipient.ecdh, envelope_info(header), hpke.AEAD_AES_256_GCM
     )
-    key = context.open(b"", ciphertext)
+    try:
+        key = context.open(b"", ciphertext)
+    except EnvelopeError:
+        # Still one opaque message: which of the three it was is not knowable.
+        raise EnvelopeError(
+            "envelope failed authentication: it was made for another device or for "
+            "another sealed model, or it was modified"
+        ) from None
     logger.debug("opened envelope for sealed model %s v%d", header.family, header.version)
     return ContentKey(key)

@@ -166,7 +166,7 @@ class TFLiteModel:
 
     def random_inputs(self, rng: np.random.Generator) -> list[npt.NDArray[Any]]:
         """Inputs of the right dtype and shape drawn from ``rng`` (for smoke tests)."""
-        import numpy as np  # noqa: PLC0415 - numpy comes with the runtime, load lazily
+        import numpy as np
 
         arrays: list[npt.NDArray[Any]] = []
         for details in self._inputs:
@@ -188,7 +188,7 @@ class TFLiteModel:
         return arrays
 
     def _check_inputs(self, inputs: Sequence[npt.NDArray[Any]]) -> None:
-        import numpy as np  # noqa: PLC0415
+        import numpy as np
 
         if len(inputs) != len(self._inputs):
             raise InputMismatchError(
@@ -292,7 +292,7 @@ def _version(candidate: _Runtime, module: Any) -> str:
 
 
 def _details(raw: dict[str, Any]) -> TensorDetails:
-    import numpy as np  # noqa: PLC0415
+    import numpy as np
 
     return TensorDetails(
         name=str(raw["name"]),

@@ -130,7 +130,7 @@ def _status(args: argparse.Namespace) -> int:
     device = EmulatedDevice(_device_dir(args))
     info = device.status()
     if args.json:
-        print(json.dumps(info, indent=2, sort_keys=True))
+        print(json.dumps(info, indent=2))
     else:
         print(_format_status(info))
     return 0

@@ -14,7 +14,8 @@ from importlib.metadata import version
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="edgeseal-server", description="edgeseal OTA server (TUF repository of model releases)."
+        prog="edgeseal-server",
+        description="edgeseal OTA server (TUF repository of model releases).",
     )
     parser.add_argument("--version", action="version", version=f"edgeseal {version('edgeseal')}")
     return parser

@@ -141,8 +141,9 @@ def open_stream(src: BinaryIO, *, key: ContentKey) -> tuple[SealedModelHeader, b
     """Authenticate and decrypt a whole sealed model into memory.
 
     Returns the header (now ``authenticated=True``) and the plaintext, whose
-    digest (with the algorithm the header names) was checked against the header. Raises FormatError for malformed,
-    truncated or over-long input and IntegrityError for anything that fails
+    digest, computed with the algorithm the header names, matched the header.
+    Raises FormatError for malformed, truncated or over-long input (including
+    an unknown digest algorithm) and IntegrityError for anything that fails
     authentication.
     """
     header = read_header(src)

@@ -363,9 +363,11 @@ def _validate_body(body: dict[str, Any]) -> None:
     _check_int(body, "chunk_size", MIN_CHUNK_SIZE, MAX_CHUNK_SIZE)
     _check_int(body, "plaintext_size", 0, MAX_PLAINTEXT_SIZE)
     digest_alg = body["digest_alg"]
-    if not isinstance(digest_alg, str) or digest_alg not in DIGEST_SIZES:
+    if not isinstance(digest_alg, str):
+        raise FormatError("header field digest_alg must be a string", field="digest_alg")
+    if digest_alg not in DIGEST_SIZES:
         raise FormatError(
-            f"unsupported plaintext digest algorithm {str(digest_alg)[:40]!r}; "
+            f"unsupported plaintext digest algorithm {digest_alg[:40]!r}; "
             f"this edgeseal reads {', '.join(DIGEST_SIZES)}",
             field="digest_alg",
         )
