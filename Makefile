@@ -21,7 +21,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[agent,server,test]'
+	$(PY) -m pip install --quiet -e '.[agent,server,release,test]'
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
