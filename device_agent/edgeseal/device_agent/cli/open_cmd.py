@@ -6,6 +6,7 @@ import argparse
 import io
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,10 @@ from edgeseal.sdk.cli.common import CLIError, open_input
 MAX_ENVELOPE_FILE = 4096
 MAX_POLICY_FILE = 16 * 1024
 MAX_INPUT_FILE = 64 * 1024 * 1024
+INSECURE_WARNING = (
+    "WARNING: INSECURE software key backend: the device key is a file, not in a TPM; "
+    "for development only"
+)
 
 
 def register(sub: Any) -> None:
@@ -42,7 +47,7 @@ def register(sub: Any) -> None:
         help="an emulated device's state directory (env EDGESEAL_DEVICE_DIR)",
     )
     where.add_argument("--tcti", help="a real TPM, e.g. device:/dev/tpmrm0 (with --policy)")
-    p.add_argument("--policy", type=Path, help="signed PCR policy file (with --tcti)")
+    p.add_argument("--policy", type=Path, help="the signed PCR policy the device key needs (with --tcti)")
     p.add_argument("--profile", default="x86-dtpm", help="board profile (with --tcti)")
     p.add_argument(
         "--input", type=Path, action="append", help=".npy input tensor (repeat per input)"
@@ -67,11 +72,11 @@ def run(args: argparse.Namespace) -> int:
 
     envelope = _read_bounded(args.envelope, MAX_ENVELOPE_FILE, "envelope")
     if args.tcti:
-        if args.policy is None:
-            raise CLIError("--tcti needs --policy, the signed PCR policy of this device")
-        approved = SignedPCRPolicy.from_bytes(
-            _read_bounded(args.policy, MAX_POLICY_FILE, "PCR policy")
-        )
+        approved = None
+        if args.policy is not None:
+            approved = SignedPCRPolicy.from_bytes(
+                _read_bounded(args.policy, MAX_POLICY_FILE, "PCR policy")
+            )
         hardware_class = load_profile(args.profile).hardware_class
         backend = open_backend(args.tcti)
     elif args.device:
@@ -81,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         backend = device.backend()
     else:
         raise CLIError("say which device: --device DIR (emulated) or --tcti TCTI --policy FILE")
+    insecure = backend.insecure
     with backend, open_input(args.file, "the sealed model") as sealed:
         opened = open_on_device(
             sealed, envelope, backend=backend, approved=approved, hardware_class=hardware_class
@@ -98,13 +104,17 @@ def run(args: argparse.Namespace) -> int:
         "digest_alg": header.digest_alg,
         "plaintext_digest": header.plaintext_digest.hex(),
         "runtime": model.runtime_name,
+        "key_backend": backend.kind,
+        "insecure_key_backend": insecure,
         "outputs": [o.tolist() for o in outputs],
     }
+    if insecure:
+        print(INSECURE_WARNING, file=sys.stderr)
     if args.json:
         print(json.dumps(result))
     else:
         print(f"opened {header.family} v{header.version} in memory ({header.plaintext_size} bytes)")
-        print(f"runtime {model.runtime_name}")
+        print(f"runtime {model.runtime_name}, key backend {backend.kind}")
         for i, out in enumerate(outputs):
             print(f"output {i}: shape {list(out.shape)} {np.array2string(out, precision=5)}")
     return 0
