@@ -11,15 +11,17 @@ import io
 import json
 import logging
 import struct
+import tracemalloc
 from collections.abc import Callable
 
 import pytest
 from blake3 import blake3
 
 from edgeseal.sdk.errors import FormatError, IntegrityError
-from edgeseal.sdk.hazmat.container import open_stream, seal_stream
+from edgeseal.sdk.hazmat.container import _THREADED_HASH_MIN_CHUNKS, open_stream, seal_stream
 from edgeseal.sdk.hazmat.format import (
     MAX_HEADER_SIZE,
+    MAX_PLAINTEXT_SIZE,
     MIN_CHUNK_SIZE,
     PREAMBLE_SIZE,
     TAG_SIZE,
@@ -202,6 +204,40 @@ def test_bit_flip_in_every_chunk_body_and_tag() -> None:
         assert i < HEADER.chunk_count
 
 
+@pytest.mark.parametrize("seekable", [True, False])
+@pytest.mark.parametrize("copies", [1, 3], ids=["inline-hash", "threaded-hash"])
+@pytest.mark.parametrize("where", ["body", "tag"])
+def test_tag_failure_in_the_last_chunk_after_the_others_decrypted(
+    seekable: bool, copies: int, where: str
+) -> None:
+    """Every earlier chunk was decrypted into the output buffer: still nothing comes back."""
+    data = DATA * copies
+    sealed = bytearray(_seal(data))
+    header = inspect_sealed_model(io.BytesIO(bytes(sealed)))
+    assert (header.chunk_count >= _THREADED_HASH_MIN_CHUNKS) == (copies > 1)
+    last_size = header.chunk_plaintext_size(header.chunk_count - 1) + TAG_SIZE
+    sealed[-1 if where == "tag" else -last_size] ^= 0x01
+    result: list[bytes] = []
+    with pytest.raises(IntegrityError, match=OPAQUE):
+        result.append(_open(bytes(sealed), seekable=seekable))
+    assert result == []
+    with pytest.raises(IntegrityError, match=OPAQUE):
+        open_sealed_model(io.BytesIO(bytes(sealed)), content_key=KEY)
+
+
+def test_huge_declared_size_on_a_stream_is_refused_before_it_is_reserved() -> None:
+    """A stream cannot prove its length: its header must authenticate before the output exists."""
+    forged = _rebuild(lambda b: b.update(plaintext_size=MAX_PLAINTEXT_SIZE))
+    tracemalloc.start()
+    try:
+        with pytest.raises(IntegrityError, match=OPAQUE):
+            _open(forged, seekable=False)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * CHUNK + len(forged)  # a chunk or two, never the declared 4 GiB
+
+
 def _cut_points() -> list[int]:
     points = set(range(0, PREAMBLE_SIZE + 2)) | {len(HEADER.encoded) - 1, len(HEADER.encoded)}
     pos = len(HEADER.encoded)
@@ -300,7 +336,7 @@ def test_hand_built_file_with_the_true_digest_opens(digest_alg: str) -> None:
 def test_authenticated_file_whose_digest_does_not_match_is_refused(
     digest_alg: str, plaintext_digest: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # DATA is 3 chunks (hashed inline); DATA * 2 is 6 (hashed on the worker thread).
+    # DATA is 3 chunks (hashed inline); DATA * 2 is 5 (hashed on the worker thread).
     for data in (DATA, DATA * 2):
         forged = _seal_with_digest(digest_alg, plaintext_digest, data)
         caplog.clear()

@@ -6,9 +6,11 @@ The recipes in :mod:`edgeseal.sdk.sealed` call it with fixed parameters.
 
 Memory: sealing holds one chunk at a time (the source is read twice: once to
 hash it, because the header that every chunk authenticates carries the
-plaintext digest, and once to encrypt it). Opening holds one chunk plus the
-output; the output is collected in a :class:`io.BytesIO` whose buffer CPython
-hands out without a copy, so the peak is about one model, not two.
+plaintext digest, and once to encrypt it). Opening holds one sealed chunk
+(read into one reused buffer) plus the output, allocated once at its final
+size: each chunk is decrypted straight into it and the :class:`io.BytesIO`
+that owns it hands it out without a copy, so the peak is about one model
+plus one chunk, not two models.
 
 Every read is bounded by the header before it happens: a hostile file can
 make us read at most ``chunk_size + 16`` bytes at a time, and a seekable file
@@ -21,7 +23,7 @@ import hmac
 import io
 import logging
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import BinaryIO
 
@@ -43,7 +45,11 @@ from edgeseal.sdk.hazmat.stream import StreamOpener, StreamSealer, key_commitmen
 logger = logging.getLogger(__name__)
 
 _HASH_READ_SIZE = 1024 * 1024
-_THREADED_HASH_MIN_CHUNKS = 4
+#: From this many chunks on, the digest is computed on a worker thread during
+#: decryption; below, inline (BLAKE3 on all cores). Measured on the 2-core
+#: development machine, 1 MiB chunks, best of 21: 4 chunks 2.7 GB/s inline vs
+#: 2.6 threaded, 5 chunks 2.7 vs 2.9, 10 chunks 2.4 (one core) vs 3.4.
+_THREADED_HASH_MIN_CHUNKS = 5
 
 
 def read_exact(src: BinaryIO, size: int) -> bytes:
@@ -147,27 +153,41 @@ def open_stream(src: BinaryIO, *, key: ContentKey) -> tuple[SealedModelHeader, b
     authentication.
     """
     header = read_header(src)
-    _check_total_size(src, header)
+    size_checked = _check_total_size(src, header)
     if not hmac.compare_digest(key_commitment(key, header.nonce_prefix), header.key_commitment):
         logger.debug("key commitment mismatch: the content key does not belong to this file")
         raise IntegrityError
     opener = StreamOpener(key, header.cipher, header.nonce_prefix, header.digest)
-    out = io.BytesIO()
+    sealed = memoryview(bytearray(header.chunk_plaintext_size(0) + TAG_SIZE))
     last_index = header.chunk_count - 1
+    first: bytearray | None = None
+    if not size_checked:
+        # The header's plaintext_size is not yet backed by bytes we have seen:
+        # authenticate it (it is every chunk's AAD) before reserving that much.
+        first = bytearray(header.chunk_plaintext_size(0))
+        opener.open_chunk_into(_read_chunk(src, sealed, header, 0), first, last=last_index == 0)
+    # The one allocation of the output. Decrypting into it and sharing it
+    # with getvalue() (no export live) saves growing a BytesIO, a fresh bytes
+    # object per chunk and a final copy. A chunk that fails is wiped by
+    # open_chunk_into, and the buffer is dropped with the exception: nothing
+    # of it is returned unless every chunk and the digest checked out.
+    out = io.BytesIO(bytes(header.plaintext_size))
     threaded = header.chunk_count >= _THREADED_HASH_MIN_CHUNKS
-    with PipelinedHasher(header.digest_alg, threaded=threaded) as hasher:
+    with out.getbuffer() as view, PipelinedHasher(header.digest_alg, threaded=threaded) as hasher:
+        offset = 0
         for index in range(header.chunk_count):
-            want = header.chunk_plaintext_size(index) + TAG_SIZE
-            sealed_chunk = read_exact(src, want)
-            if len(sealed_chunk) != want:
-                raise FormatError(
-                    f"sealed model is truncated in chunk {index + 1} of {header.chunk_count}: "
-                    f"{len(sealed_chunk)} of {want} bytes",
-                    field="payload",
+            end = offset + header.chunk_plaintext_size(index)
+            if first is not None:
+                view[:end] = first
+                first = None
+            else:
+                opener.open_chunk_into(
+                    _read_chunk(src, sealed, header, index),
+                    view[offset:end],
+                    last=index == last_index,
                 )
-            plaintext = opener.open_chunk(sealed_chunk, last=index == last_index)
-            hasher.update(plaintext)
-            out.write(plaintext)
+            hasher.update(view[offset:end])
+            offset = end
         if src.read(1):
             raise FormatError(
                 "sealed model has data after its final chunk "
@@ -175,11 +195,46 @@ def open_stream(src: BinaryIO, *, key: ContentKey) -> tuple[SealedModelHeader, b
                 field="payload",
             )
         digest = hasher.digest()
+    # Every slice of ``view`` is gone and the hash thread has ended: the buffer
+    # has no export left, so getvalue() returns it without copying.
     if not hmac.compare_digest(digest, header.plaintext_digest):
         # Every chunk authenticated, so the sealer itself wrote a wrong digest.
         logger.debug("plaintext digest mismatch after successful authentication")
         raise IntegrityError
     return _authenticated(header), out.getvalue()
+
+
+def _read_chunk(
+    src: BinaryIO, buffer: memoryview, header: SealedModelHeader, index: int
+) -> memoryview:
+    """Read sealed chunk ``index`` into the reused ``buffer``; refuse a short read."""
+    want = header.chunk_plaintext_size(index) + TAG_SIZE
+    target = buffer[:want]
+    got = _readinto(src, target)
+    if got != want:
+        raise FormatError(
+            f"sealed model is truncated in chunk {index + 1} of {header.chunk_count}: "
+            f"{got} of {want} bytes",
+            field="payload",
+        )
+    return target
+
+
+def _readinto(src: BinaryIO, target: memoryview) -> int:
+    """Fill ``target`` from ``src`` (file objects may return short reads); bytes read."""
+    readinto: Callable[[memoryview], int | None] | None = getattr(src, "readinto", None)
+    have = 0
+    while have < len(target):
+        if readinto is not None:
+            got = readinto(target[have:]) or 0
+        else:
+            more = src.read(len(target) - have)
+            got = len(more)
+            target[have : have + got] = more
+        if not got:
+            break
+        have += got
+    return have
 
 
 def _hash_source(src: BinaryIO, digest_alg: str) -> tuple[int, bytes]:
@@ -198,16 +253,19 @@ def _hash_source(src: BinaryIO, digest_alg: str) -> tuple[int, bytes]:
         hasher.update(block)
 
 
-def _check_total_size(src: BinaryIO, header: SealedModelHeader) -> None:
-    """On seekable sources, refuse a size/header mismatch before decrypting anything."""
+def _check_total_size(src: BinaryIO, header: SealedModelHeader) -> bool:
+    """On seekable sources, refuse a size/header mismatch before decrypting anything.
+
+    True when the size was checked: the payload the header declares is there.
+    """
     try:
         if not src.seekable():
-            return
+            return False
         here = src.tell()
         end = src.seek(0, io.SEEK_END)
         src.seek(here)
     except (OSError, ValueError):
-        return
+        return False
     remaining = end - here
     if remaining < header.payload_size:
         raise FormatError(
@@ -221,6 +279,7 @@ def _check_total_size(src: BinaryIO, header: SealedModelHeader) -> None:
             "(it is longer than its header declares)",
             field="payload",
         )
+    return True
 
 
 def _authenticated(header: SealedModelHeader) -> SealedModelHeader:

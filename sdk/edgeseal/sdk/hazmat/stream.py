@@ -19,7 +19,9 @@ turns "a different key" into an early, cheap refusal.
 :class:`StreamOpener` releases a chunk's plaintext as soon as that chunk
 authenticates. Until the final chunk has opened, the plaintext is an
 authentic *prefix* of the model, not the model: callers must not act on it
-before :attr:`StreamOpener.finished` is true.
+before :attr:`StreamOpener.finished` is true. :meth:`StreamOpener.open_chunk_into`
+decrypts into the caller's memory; the AEAD writes plaintext there *before* it
+checks the tag, so on failure it wipes that memory before raising.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Callable
+from typing import TypeAlias
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
@@ -36,6 +39,9 @@ from edgeseal.sdk.hazmat.format import NONCE_PREFIX_SIZE, TAG_SIZE
 from edgeseal.sdk.hazmat.keys import ContentKey
 
 logger = logging.getLogger(__name__)
+
+#: What the AEADs read from and write into without a copy.
+Buffer: TypeAlias = bytes | bytearray | memoryview
 
 MAX_CHUNKS = 2**32
 _COMMITMENT_LABEL = b"edgeseal sealed model v1 key commitment"
@@ -89,14 +95,14 @@ class _Stream:
 class StreamSealer(_Stream):
     """Seals chunks in order; pass ``last=True`` exactly once, for the final chunk."""
 
-    def seal_chunk(self, plaintext: bytes, *, last: bool) -> bytes:
+    def seal_chunk(self, plaintext: Buffer, *, last: bool) -> bytes:
         return self._aead.encrypt(self._next_nonce(last), plaintext, self._aad)
 
 
 class StreamOpener(_Stream):
     """Opens chunks in order; raises :class:`IntegrityError` on the first one that fails."""
 
-    def open_chunk(self, ciphertext: bytes, *, last: bool) -> bytes:
+    def open_chunk(self, ciphertext: Buffer, *, last: bool) -> bytes:
         index = self._index
         if len(ciphertext) < TAG_SIZE:
             logger.debug("chunk %d is shorter than a tag (%d bytes)", index, len(ciphertext))
@@ -104,5 +110,29 @@ class StreamOpener(_Stream):
         try:
             return self._aead.decrypt(self._next_nonce(last), ciphertext, self._aad)
         except InvalidTag:
+            logger.debug("chunk %d (last=%s) failed authentication", index, last)
+            raise IntegrityError from None
+
+    def open_chunk_into(
+        self, ciphertext: Buffer, out: memoryview | bytearray, *, last: bool
+    ) -> None:
+        """Decrypt into ``out``, which must be exactly ``len(ciphertext) - TAG_SIZE`` bytes.
+
+        Saves the allocation (and page faults) of a fresh plaintext object per
+        chunk. cryptography's ``decrypt_into`` leaves the *unauthenticated*
+        plaintext in ``out`` when the tag does not match, so this zeroes
+        ``out`` before raising :class:`IntegrityError`: the caller never holds
+        plaintext of a chunk that failed.
+        """
+        index = self._index
+        if len(ciphertext) < TAG_SIZE:
+            logger.debug("chunk %d is shorter than a tag (%d bytes)", index, len(ciphertext))
+            raise IntegrityError
+        if len(out) != len(ciphertext) - TAG_SIZE:
+            raise ValueError(f"output must be {len(ciphertext) - TAG_SIZE} bytes, not {len(out)}")
+        try:
+            self._aead.decrypt_into(self._next_nonce(last), ciphertext, self._aad, out)
+        except InvalidTag:
+            out[:] = bytes(len(out))
             logger.debug("chunk %d (last=%s) failed authentication", index, last)
             raise IntegrityError from None
