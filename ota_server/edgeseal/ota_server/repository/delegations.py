@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from securesystemslib.signer import Key
+from tuf.api.metadata import DelegatedRole, Metadata, TargetFile, Targets
+
 from edgeseal.ota_server.errors import ProposalError, UnknownFamilyError, UnknownTargetError
-from edgeseal.ota_server.repository._tuf import DelegatedRole, Key, Metadata, TargetFile, Targets
 from edgeseal.ota_server.repository.layout import (
     ENVELOPES,
     family_paths,

@@ -13,15 +13,10 @@ import logging
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
+from securesystemslib.signer import Key
+from tuf.api.metadata import Delegations, Metadata, SuccinctRoles, TargetFile, Targets
+
 from edgeseal.ota_server.errors import InvalidNameError, ProposalError, UnknownTargetError
-from edgeseal.ota_server.repository._tuf import (
-    Delegations,
-    Key,
-    Metadata,
-    SuccinctRoles,
-    TargetFile,
-    Targets,
-)
 from edgeseal.ota_server.repository.layout import ENVELOPES, parse_envelope_path
 
 logger = logging.getLogger(__name__)

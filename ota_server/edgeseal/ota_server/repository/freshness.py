@@ -14,7 +14,9 @@ from __future__ import annotations
 import copy
 from datetime import datetime
 
-from edgeseal.ota_server.repository._tuf import Metadata, MetaFile, Signer, Snapshot, Timestamp
+from securesystemslib.signer import Signer
+from tuf.api.metadata import Metadata, MetaFile, Snapshot, Timestamp
+
 from edgeseal.ota_server.repository.expiry import Expiry, expires_at
 from edgeseal.ota_server.repository.signing import sign
 from edgeseal.ota_server.repository.store import Changes

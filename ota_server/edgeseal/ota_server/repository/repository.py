@@ -23,24 +23,22 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from edgeseal.ota_server.errors import RepositoryStateError, SignatureError, UnknownFamilyError
-from edgeseal.ota_server.repository import delegations as fam
-from edgeseal.ota_server.repository import envelopes as env
-from edgeseal.ota_server.repository._tuf import (
-    CryptoSigner,
+from securesystemslib.exceptions import UnverifiedSignatureError
+from securesystemslib.signer import CryptoSigner, Key, Signature, Signer
+from tuf.api.metadata import (
     DelegatedRole,
     Delegations,
-    Key,
     Metadata,
     Root,
-    Signature,
-    Signer,
     Snapshot,
     TargetFile,
     Targets,
     Timestamp,
-    UnverifiedSignatureError,
 )
+
+from edgeseal.ota_server.errors import RepositoryStateError, SignatureError, UnknownFamilyError
+from edgeseal.ota_server.repository import delegations as fam
+from edgeseal.ota_server.repository import envelopes as env
 from edgeseal.ota_server.repository.expiry import Expiry, expires_at, needs_refresh, utc_now
 from edgeseal.ota_server.repository.freshness import next_snapshot, next_timestamp
 from edgeseal.ota_server.repository.layout import (

@@ -13,7 +13,9 @@ import copy
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
-from edgeseal.ota_server.repository._tuf import Key, Metadata, Root, Signer
+from securesystemslib.signer import Key, Signer
+from tuf.api.metadata import Metadata, Root
+
 from edgeseal.ota_server.repository.expiry import Expiry, expires_at
 from edgeseal.ota_server.repository.signing import (
     check_role_keys,

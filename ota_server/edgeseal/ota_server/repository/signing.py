@@ -19,19 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
+from securesystemslib.signer import CryptoSigner, Key, Signature, Signer
+from tuf.api.exceptions import UnsignedMetadataError
+from tuf.api.metadata import Metadata, Root, Targets
 
 from edgeseal.ota_server.errors import KeyConfigError, ThresholdError
 from edgeseal.ota_server.keys import load_signer, private_key_pem
-from edgeseal.ota_server.repository._tuf import (
-    CryptoSigner,
-    Key,
-    Metadata,
-    Root,
-    Signature,
-    Signer,
-    Targets,
-    UnsignedMetadataError,
-)
 from edgeseal.sdk.files import atomic_write
 
 logger = logging.getLogger(__name__)

@@ -31,16 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuf.api.metadata import Metadata, Root, Snapshot, Targets, Timestamp
+from tuf.api.serialization import DeserializationError
+from tuf.api.serialization.json import JSONSerializer
+
 from edgeseal.ota_server.errors import RepositoryStateError
-from edgeseal.ota_server.repository._tuf import (
-    DeserializationError,
-    JSONSerializer,
-    Metadata,
-    Root,
-    Snapshot,
-    Targets,
-    Timestamp,
-)
 from edgeseal.ota_server.repository.layout import metadata_filename
 from edgeseal.sdk.files import atomic_write
 
