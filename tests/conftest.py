@@ -9,38 +9,17 @@ never pass by silently skipping the hardware, broker or serial tests.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
-import shutil
 import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from components import require_executable, require_module
 from edgeseal.hardware.swtpm import SwtpmProcess
 
 os.environ.setdefault("TSS2_LOG", "all+none")
-
-
-def _missing(what: str, how: str) -> None:
-    message = f"{what} is not available ({how})"
-    if os.environ.get("CI"):
-        pytest.fail(f"CI requires it: {message}", pytrace=False)
-    pytest.skip(message)
-
-
-def require_executable(name: str, package: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        _missing(name, f"apt-get install {package}")
-        raise AssertionError("unreachable")
-    return path
-
-
-def require_module(module: str, package: str) -> None:
-    if importlib.util.find_spec(module) is None:
-        _missing(f"Python module {module}", f"pip install {package}")
 
 
 @pytest.fixture

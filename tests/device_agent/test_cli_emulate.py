@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require_executable, require_module
+from components import require_executable, require_module
 from edgeseal.device_agent.cli import emulate
 from edgeseal.hardware.emulated import EmulatedDevice
 from edgeseal.hardware.localca import ensure_local_ca

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import require_module
+from components import require_module
 from edgeseal.device_agent.inference import (
     InferenceServer,
     InferenceServiceError,

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from install_driver import build_release, write_release_dir
 
-from conftest import require_module
+from components import require_module
 from edgeseal.device_agent.install import STEPS
 from edgeseal.hardware.emulated import EmulatedDevice
 

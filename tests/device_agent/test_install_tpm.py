@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from install_driver import build_release, content_key_from_envelope, tflite_trial, write_release_dir
 
-from conftest import require_module
+from components import require_module
 from edgeseal.device_agent.install import Installer, TrialFailedError
 from edgeseal.device_agent.rollback_floor import DowngradeError
 from edgeseal.hardware.emulated import EmulatedDevice

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import verification
 from cryptography.x509.oid import NameOID
 
-from conftest import require_executable, require_module
+from components import require_executable, require_module
 from edgeseal.hardware.emulated import (
     AUTHORITY_KEY_FILE,
     DEVICE_KEY_PUB_FILE,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require_executable
+from components import require_executable
 from edgeseal.hardware.errors import EmulatorError
 from edgeseal.hardware.localca import (
     LOCALCA_CONFIG,

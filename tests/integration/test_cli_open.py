@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import require_module
+from components import require_module
 from edgeseal.hardware.emulated import EmulatedDevice
 from edgeseal.sdk import modelgen
 

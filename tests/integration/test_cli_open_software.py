@@ -13,7 +13,7 @@ import numpy as np
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from conftest import require_module
+from components import require_module
 from edgeseal.hardware.policy import sign_pcr_policy
 from edgeseal.hardware.software import SoftwareBackend
 from edgeseal.sdk import modelgen

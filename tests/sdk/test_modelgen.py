@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import require_module
+from components import require_module
 from edgeseal.sdk import modelgen
 
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from conftest import require_module
+from components import require_module
 from edgeseal.sdk import modelgen
 from edgeseal.sdk.runtime import (
     MAX_MODEL_SIZE,
