@@ -47,7 +47,9 @@ def register(sub: Any) -> None:
         help="an emulated device's state directory (env EDGESEAL_DEVICE_DIR)",
     )
     where.add_argument("--tcti", help="a real TPM, e.g. device:/dev/tpmrm0 (with --policy)")
-    p.add_argument("--policy", type=Path, help="the signed PCR policy the device key needs (with --tcti)")
+    p.add_argument(
+        "--policy", type=Path, help="the signed PCR policy the device key needs (with --tcti)"
+    )
     p.add_argument("--profile", default="x86-dtpm", help="board profile (with --tcti)")
     p.add_argument(
         "--input", type=Path, action="append", help=".npy input tensor (repeat per input)"

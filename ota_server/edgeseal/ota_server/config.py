@@ -1,0 +1,171 @@
+"""The server's configuration and the layout of its data directory.
+
+``DIR/server.toml`` holds a :class:`ServerConfig` (``version = 1`` from day
+one, so a later reader can refuse or migrate an older file by name). It is
+read only at the edge (the CLI and :func:`edgeseal.ota_server.app.create_app`);
+everything below takes the frozen dataclass.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from edgeseal.ota_server.service_errors import ConfigError
+from edgeseal.sdk.files import atomic_write
+
+CONFIG_VERSION = 1
+CONFIG_FILE = "server.toml"
+DB_FILE = "server.db"
+KEYS_DIR = "keys"
+REPOSITORY_DIR = "repository"
+UPLOADS_DIR = "uploads"
+AUDIT_HEAD_FILE = "audit-head.json"
+LOCK_FILE = "repository.lock"
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+MAX_CONFIG_FILE = 64 * 1024
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything ``server.toml`` can say. Defaults are what ``init`` writes."""
+
+    version: int = CONFIG_VERSION
+    bind: str = "127.0.0.1"
+    port: int = 8443
+    #: Hashed-bin bits of the ``envelopes`` delegation (8 -> 256 bins).
+    bin_bits: int = 8
+    #: Largest management JSON body read (bytes).
+    max_json_body: int = MiB
+    #: Largest sealed model accepted by an upload (bytes); streamed to disk.
+    max_upload: int = 2 * GiB
+    #: Seconds between two checks whether online roles need re-signing.
+    refresh_interval: int = 600
+    root_expiry_days: int = 365
+    targets_expiry_days: int = 90
+    family_expiry_days: int = 90
+    envelopes_expiry_days: int = 30
+    snapshot_expiry_days: int = 7
+    timestamp_expiry_days: int = 1
+
+    def __post_init__(self) -> None:
+        if self.version != CONFIG_VERSION:
+            raise ConfigError(
+                f"server.toml version {self.version} is not supported; this edgeseal reads "
+                f"version {CONFIG_VERSION}",
+                field="version",
+            )
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name != "bind" and (type(value) is not int or value < 0):
+                raise ConfigError(f"{f.name} must be a non-negative integer", field=f.name)
+        if not 1 <= self.port <= 65535 and self.port != 0:
+            raise ConfigError("port must be 0..65535", field="port")
+        if not 0 <= self.bin_bits <= 14:
+            raise ConfigError("bin_bits must be 0..14", field="bin_bits")
+        if self.max_json_body < 1024 or self.max_upload < 1024:
+            raise ConfigError("body limits must be at least 1024 bytes", field="max_upload")
+
+    @classmethod
+    def from_toml(cls, text: str) -> ServerConfig:
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"server.toml is not valid TOML: {exc}") from None
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ConfigError(f"unknown setting(s) in server.toml: {', '.join(unknown)}")
+        if "version" not in raw:
+            raise ConfigError("server.toml has no version key", field="version")
+        values: dict[str, Any] = dict(raw)
+        return cls(**values)
+
+    def to_toml(self) -> str:
+        lines = ["# edgeseal OTA server configuration"]
+        for key, value in asdict(self).items():
+            lines.append(f'{key} = "{value}"' if isinstance(value, str) else f"{key} = {value}")
+        return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class DataDir:
+    """The paths of one server data directory (see docs/dev/ota-contracts.md)."""
+
+    root: Path
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / CONFIG_FILE
+
+    @property
+    def db_file(self) -> Path:
+        return self.root / DB_FILE
+
+    @property
+    def keys(self) -> Path:
+        return self.root / KEYS_DIR
+
+    @property
+    def repository(self) -> Path:
+        return self.root / REPOSITORY_DIR
+
+    @property
+    def metadata(self) -> Path:
+        return self.repository / "metadata"
+
+    @property
+    def targets(self) -> Path:
+        return self.repository / "targets"
+
+    @property
+    def uploads(self) -> Path:
+        return self.root / UPLOADS_DIR
+
+    @property
+    def audit_head(self) -> Path:
+        return self.root / AUDIT_HEAD_FILE
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / LOCK_FILE
+
+    def create_dirs(self) -> None:
+        """Create the directory tree with private permissions where it matters."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o700)
+        self.keys.mkdir(mode=0o700, exist_ok=True)
+        self.keys.chmod(0o700)
+        self.uploads.mkdir(mode=0o700, exist_ok=True)
+        self.repository.mkdir(exist_ok=True)
+
+    def require_initialized(self) -> None:
+        if not self.config_file.is_file() or not self.db_file.is_file():
+            raise ConfigError(
+                f"{self.root} is not an initialized edgeseal server data directory "
+                "(run `edgeseal-server init` first)"
+            )
+
+
+def load_config(data: DataDir) -> ServerConfig:
+    data.require_initialized()
+    try:
+        with data.config_file.open("rb") as handle:
+            raw = handle.read(MAX_CONFIG_FILE + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {data.config_file}: {exc.strerror}") from None
+    if len(raw) > MAX_CONFIG_FILE:
+        raise ConfigError(f"{data.config_file} is larger than {MAX_CONFIG_FILE} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{data.config_file} is not UTF-8") from None
+    return ServerConfig.from_toml(text)
+
+
+def write_config(data: DataDir, config: ServerConfig) -> None:
+    atomic_write(data.config_file, config.to_toml().encode(), mode=0o600)
