@@ -12,11 +12,12 @@ import sys
 from collections.abc import Sequence
 
 from edgeseal.sdk.cli import inspect_cmd as inspect_cmd
+from edgeseal.sdk.cli import keygen_cmd as keygen_cmd
 from edgeseal.sdk.cli import release_cmd as release_cmd
 from edgeseal.sdk.cli import seal_cmd as seal_cmd
 from edgeseal.sdk.cli.common import run_command
 
-_SUBCOMMANDS = (seal_cmd, inspect_cmd, release_cmd)
+_SUBCOMMANDS = (keygen_cmd, seal_cmd, inspect_cmd, release_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
