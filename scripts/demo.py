@@ -11,6 +11,15 @@
 5. The embedded team approves the new kernel (a newly signed PCR policy): the
    same sealed model opens again, with no re-sealing.
 6. A sealed model with one flipped bit is refused, and nothing is written.
+7. A fleet operator starts the OTA server: a TUF repository whose root and
+   targets keys are held 2-of-3 by security officers, the model family
+   delegated to three release managers, 2 of whom must sign.
+8. The device is registered; a release manager creates release 1 (sealed on
+   their machine, content key sealed to the server's key-encryption key); one
+   signature publishes nothing, the second publishes it, and the server
+   makes the device's envelope.
+9. The device fetches the release through TUF (the agent's own TUF client),
+   opens it in its TPM and runs it; the audit log verifies.
 """
 
 from __future__ import annotations
@@ -18,8 +27,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -30,20 +42,28 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "demo-out"
 BIN = Path(sys.executable).parent
 DEVICE = OUT / "device-1"
+SERVER_DATA = OUT / "server"
+FAMILY = "classifier"
 
 
 def step(title: str) -> None:
     print(f"\n\033[1m== {title}\033[0m", flush=True)
 
 
-def run(*argv: str, expect_fail: bool = False) -> subprocess.CompletedProcess[str]:
+def run(
+    *argv: str, expect_fail: bool = False, env: dict[str, str] | None = None, quiet: bool = False
+) -> subprocess.CompletedProcess[str]:
     shown = " ".join(str(a).replace(str(ROOT) + "/", "") for a in argv)
     print(f"$ {shown}", flush=True)
     proc = subprocess.run(
-        [str(BIN / argv[0]), *argv[1:]], text=True, capture_output=True, check=False
+        [str(BIN / argv[0]), *argv[1:]],
+        text=True,
+        capture_output=True,
+        check=False,
+        env={**os.environ, **(env or {})},
     )
     for line in (proc.stdout + proc.stderr).splitlines():
-        if "XNNPACK delegate" not in line:
+        if "XNNPACK delegate" not in line and not quiet:
             print(f"  {line}")
     if expect_fail and proc.returncode == 0:
         raise SystemExit(f"demo: expected `{shown}` to be refused, but it succeeded")
@@ -59,9 +79,15 @@ def main() -> int:
             run("edgeseal-agent", "emulate", "stop", "--dir", str(DEVICE))
         shutil.rmtree(OUT)
     OUT.mkdir()
+    server: subprocess.Popen[bytes] | None = None
     try:
         story()
+        server = start_server()
+        ota_story()
     finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=30)
         if (DEVICE / "device.json").exists():
             subprocess.run(
                 [str(BIN / "edgeseal-agent"), "emulate", "stop", "--dir", str(DEVICE)],
@@ -130,7 +156,114 @@ def story() -> None:
         "edgeseal-agent", "open", str(corrupt), "--envelope", str(envelope),
         "--device", str(DEVICE), expect_fail=True,
     )  # fmt: skip
-    run("edgeseal-agent", "emulate", "stop", "--dir", str(DEVICE))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server() -> subprocess.Popen[bytes]:
+    step("7. Fleet operator: an OTA server with an offline 2-of-3 TUF root")
+    passphrase = OUT / "officers.passphrase"
+    passphrase.write_text("demo passphrase: use a real secret\n")
+    passphrase.chmod(0o600)
+    init = run(
+        "edgeseal-server", "--data", str(SERVER_DATA), "init", "--officer-keys",
+        str(OUT / "officers"), "--officers", "3", "--threshold", "2",
+        "--passphrase-file", str(passphrase), "--json",
+    )  # fmt: skip
+    (OUT / "admin.token").write_text(json.loads(init.stdout)["admin_token"])
+    port = free_port()
+    print(f"$ edgeseal-server --data demo-out/server run --port {port} &", flush=True)
+    server = subprocess.Popen(
+        [str(BIN / "edgeseal-server"), "--data", str(SERVER_DATA), "run", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=1) as answer:  # noqa: S310
+                print(f"  {answer.read().decode()}")
+                break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        server.kill()
+        raise SystemExit("demo: the OTA server did not start")
+    os.environ["EDGESEAL_SERVER"] = url
+    return server
+
+
+def ota_story() -> None:
+    passphrase = OUT / "officers.passphrase"
+    rm_env = {"EDGESEAL_KEY_PASSPHRASE": "release manager demo passphrase"}
+    keys = []
+    for n in (1, 2, 3):
+        key = OUT / f"release-manager-{n}.key"
+        run("edgeseal", "keygen", str(key), env=rm_env)
+        keys.append(key)
+    run(
+        "edgeseal-server", "--data", str(SERVER_DATA), "family", "add", FAMILY,
+        *[arg for key in keys for arg in ("--key", f"{key}.pub.pem")], "--threshold", "2",
+        "--targets-key", str(OUT / "officers" / "officer-1-targets.pem"),
+        "--targets-key", str(OUT / "officers" / "officer-2-targets.pem"),
+        "--passphrase-file", str(passphrase),
+    )  # fmt: skip
+    tokens = []
+    for n in (1, 2):
+        made = run(
+            "edgeseal-server", "--data", str(SERVER_DATA), "token", "create",
+            "--name", f"release-manager-{n}", "--role", "release-manager", "--family", FAMILY,
+            "--json", quiet=True,
+        )  # fmt: skip
+        token_file = OUT / f"release-manager-{n}.token"
+        token_file.write_text(json.loads(made.stdout)["token"])
+        token_file.chmod(0o600)
+        tokens.append(token_file)
+        print(f"  token for release-manager-{n} -> {token_file.name} (shown once)")
+
+    step("8. Release: register the device, create release 1, sign it 2-of-3")
+    run(
+        "edgeseal-server", "--data", str(SERVER_DATA), "device", "add", "--id", "demo-device-1",
+        "--pubkey", str(DEVICE / "device-key.pub.pem"), "--hardware-class", "emulated",
+    )  # fmt: skip
+    np.savez(OUT / "golden.npz", input_0=np.load(OUT / "input.npy"))
+    created = run(
+        "edgeseal", "release", "create", str(OUT / "classifier.tflite"), "--family", FAMILY,
+        "--version", "1", "--hardware", "emulated", "--channel", "stable",
+        "--golden", str(OUT / "golden.npz"), "--token-file", str(tokens[0]),
+    )  # fmt: skip
+    release_id = created.stdout.split()[-1]
+    root = SERVER_DATA / "repository" / "metadata" / "1.root.json"
+    for n, token in ((0, tokens[0]), (1, tokens[1])):
+        run(
+            "edgeseal", "release", "sign", release_id, "--key", str(keys[n]), "--yes",
+            "--root", str(root), "--token-file", str(token), env=rm_env,
+        )  # fmt: skip
+
+    step("9. Device: fetch through TUF, open in the TPM, run; the audit log verifies")
+    run("edgeseal-agent", "emulate", "start", "--dir", str(DEVICE))
+    tuf_dir, got = OUT / "device-1-tuf", OUT / "device-1-download"
+    got.mkdir()
+    url = os.environ["EDGESEAL_SERVER"]
+    run("edgeseal-tuf-conformance", "--metadata-dir", str(tuf_dir), "init", str(root))
+    model_target = f"{FAMILY}/1/{FAMILY}-1.esm"
+    envelope_target = f"envelopes/demo-device-1/{FAMILY}-1.env"
+    run(
+        "edgeseal-tuf-conformance", "--metadata-dir", str(tuf_dir), "--metadata-url",
+        f"{url}/tuf/metadata", "--target-name", model_target, "--target-name", envelope_target,
+        "--target-base-url", f"{url}/tuf/targets", "--target-dir", str(got), "download",
+    )  # fmt: skip
+    quoted = {name: got / name.replace("/", "%2F") for name in (model_target, envelope_target)}
+    run(
+        "edgeseal-agent", "open", str(quoted[model_target]), "--envelope",
+        str(quoted[envelope_target]), "--device", str(DEVICE),
+        "--input", str(OUT / "input.npy"),
+    )  # fmt: skip
+    run("edgeseal-server", "--data", str(SERVER_DATA), "audit", "verify")
 
 
 if __name__ == "__main__":
