@@ -22,6 +22,7 @@ from edgeseal.ota_server.cli import family_cmd as family_cmd
 from edgeseal.ota_server.cli import init_cmd as init_cmd
 from edgeseal.ota_server.cli import refresh_cmd as refresh_cmd
 from edgeseal.ota_server.cli import release_cmd as release_cmd
+from edgeseal.ota_server.cli import root_cmd as root_cmd
 from edgeseal.ota_server.cli import run_cmd as run_cmd
 from edgeseal.ota_server.cli import token_cmd as token_cmd
 from edgeseal.sdk.cli.common import run_command
@@ -35,6 +36,7 @@ _SUBCOMMANDS = (
     release_cmd,
     audit_cmd,
     refresh_cmd,
+    root_cmd,
 )
 
 
