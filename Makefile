@@ -40,6 +40,7 @@ test: setup lint unit
 
 bench: setup
 	$(VENV)/bin/python bench/open_sealed.py
+	$(VENV)/bin/python bench/repository.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis demo-out
