@@ -682,6 +682,54 @@ class Installer:
             return loaded
         raise NoActiveModelError("no slot could be started")
 
+    # -- outcomes decided before the transaction ---------------------------------------------
+
+    def record_outcome(
+        self,
+        outcome: str,
+        *,
+        step: str,
+        code: str,
+        message: str,
+        family: str | None,
+        version: int | None,
+        target_path: str | None = None,
+    ) -> None:
+        """Record an update refused or failed *before* :meth:`install` (TUF, header, unwrap).
+
+        state.json's last_update/last_error and the audit log say why, as
+        :meth:`install` does for its own failures; the active model is untouched.
+        """
+        with self._locked():
+            state = self.read_state()
+            txn = self._new_txn()
+            update = {
+                "outcome": outcome,
+                "txn": txn,
+                "at": self._stamp(),
+                "slot": None,
+                "family": family,
+                "model_version": version,
+                "target_path": target_path,
+                "reason": message,
+            }
+            self.store.save(
+                replace(
+                    state,
+                    last_update=update,
+                    last_error=self._error(step, code, message, txn),
+                )
+            )
+            self.audit.append(
+                f"update.{outcome}",
+                txn=txn,
+                step=step,
+                code=code,
+                family=family,
+                version=version,
+                message=message,
+            )
+
     # -- manual rollback ------------------------------------------------------------------
 
     def rollback(self) -> InstallResult:
