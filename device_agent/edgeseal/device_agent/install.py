@@ -754,6 +754,7 @@ class Installer:
             update["rolled_back_from"] = {
                 "family": current.family,
                 "model_version": current.model_version,
+                "sealed_sha256": current.sealed_sha256,
             }
             self.store.save(
                 AgentState(active=other.name, last_update=update, last_error=state.last_error)

@@ -248,6 +248,7 @@ class Updater:
         self, phases: _Phases, cancelled: Callable[[], bool]
     ) -> tuple[str, int | None, str | None]:
         family = self.config.family
+        self._remember_rollback()
         with phases("refresh"):
             client = self._factory()
             try:
@@ -557,6 +558,20 @@ class Updater:
         except (ValueError, TypeError, KeyError, OSError) as exc:
             log.warning("ignoring unreadable %s: %s", path, exc)
             return set()
+
+    def _remember_rollback(self) -> None:
+        """A release an operator rolled back from is not reinstalled by the next poll.
+
+        ``rollback`` records it in ``last_update``; it is copied here before this
+        cycle can record anything else, so it is remembered like a failed trial.
+        """
+        last = self.installer.read_state().last_update or {}
+        gone = last.get("rolled_back_from") if last.get("outcome") == "rolled-back" else None
+        if not isinstance(gone, dict) or not gone.get("sealed_sha256"):
+            return
+        key = (str(gone["family"]), int(gone["model_version"]), str(gone["sealed_sha256"]))
+        if key not in self._remembered():
+            self._remember(key)
 
     def _remember(self, key: tuple[str, int, str]) -> None:
         from edgeseal.device_agent.state import write_json
