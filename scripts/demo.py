@@ -20,6 +20,14 @@
    makes the device's envelope.
 9. The device fetches the release through TUF (the agent's own TUF client),
    opens it in its TPM and runs it; the audit log verifies.
+10. The embedded team provisions the agent; its daemon installs release 1
+    into slot A (verify, unwrap in the TPM, health check, commit) and serves
+    it to applications on a local socket: they never see the weights.
+11. Release 2 is published and installed while the agent serves.
+12. Release 3 is a bad model: it fails its golden health check in the trial,
+    the agent returns to release 2 and says why.
+13. Release 4 is installing when the power is cut during its trial: the next
+    start reverts to release 2, the last committed model.
 """
 
 from __future__ import annotations
@@ -80,11 +88,16 @@ def main() -> int:
         shutil.rmtree(OUT)
     OUT.mkdir()
     server: subprocess.Popen[bytes] | None = None
+    agent: subprocess.Popen[bytes] | None = None
     try:
         story()
         server = start_server()
         ota_story()
+        agent = agent_story()
     finally:
+        if agent is not None and agent.poll() is None:
+            agent.terminate()
+            agent.wait(timeout=30)
         if server is not None:
             server.terminate()
             server.wait(timeout=30)
@@ -264,6 +277,111 @@ def ota_story() -> None:
         "--input", str(OUT / "input.npy"),
     )  # fmt: skip
     run("edgeseal-server", "--data", str(SERVER_DATA), "audit", "verify")
+
+
+AGENT_CONFIG = OUT / "device-1-agent.toml"
+AGENT_STATE = OUT / "device-1-agent-state"
+SOCKET = OUT / "run" / "inference.sock"
+
+
+def start_agent() -> subprocess.Popen[bytes]:
+    print(f"$ edgeseal-agent run --config {AGENT_CONFIG.relative_to(ROOT)} &", flush=True)
+    log = (OUT / "agent.log").open("ab")
+    agent = subprocess.Popen(
+        [str(BIN / "edgeseal-agent"), "run", "--config", str(AGENT_CONFIG)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    for _ in range(600):
+        if (AGENT_STATE / "daemon.json").exists() and SOCKET.exists():
+            return agent
+        if agent.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise SystemExit("demo: the agent did not start; see demo-out/agent.log")
+
+
+def stop_agent(agent: subprocess.Popen[bytes]) -> None:
+    print("$ kill -TERM <agent>", flush=True)
+    agent.terminate()
+    agent.wait(timeout=30)
+    (AGENT_STATE / "daemon.json").unlink(missing_ok=True)
+
+
+def serve_once(expected: np.ndarray) -> None:
+    """An application asks the agent for one inference over the local socket."""
+    from edgeseal.sdk.inference import InferenceClient
+
+    with InferenceClient(SOCKET) as client:
+        result = client.run_detailed([np.load(OUT / "input.npy")])
+    print(
+        f"  application: {result.family} v{result.version} answered "
+        f"{np.array2string(result.outputs[0], precision=5)}"
+    )
+    np.testing.assert_allclose(result.outputs[0], expected, rtol=1e-5, atol=1e-6)
+
+
+def publish(version: int, model: bytes, golden: Path, tokens: list[Path], keys: list[Path]) -> None:
+    path = OUT / f"classifier-v{version}.tflite"
+    path.write_bytes(model)
+    created = run(
+        "edgeseal", "release", "create", str(path), "--family", FAMILY,
+        "--version", str(version), "--hardware", "emulated", "--channel", "stable",
+        "--golden", str(golden), "--token-file", str(tokens[0]), quiet=True,
+    )  # fmt: skip
+    release_id = created.stdout.split()[0]
+    root = SERVER_DATA / "repository" / "metadata" / "1.root.json"
+    rm_env = {"EDGESEAL_KEY_PASSPHRASE": "release manager demo passphrase"}
+    for n in (0, 1):
+        run(
+            "edgeseal", "release", "sign", release_id, "--key", str(keys[n]), "--yes",
+            "--root", str(root), "--token-file", str(tokens[n]), env=rm_env, quiet=True,
+        )  # fmt: skip
+    print(f"  release {release_id} created and signed 2 of 3: published")
+
+
+def agent_story() -> subprocess.Popen[bytes]:
+    step("10. Embedded team: provision the agent; it installs release 1 and serves it")
+    url = os.environ["EDGESEAL_SERVER"]
+    root = SERVER_DATA / "repository" / "metadata" / "1.root.json"
+    run(
+        "edgeseal-agent", "provision", "--config", str(AGENT_CONFIG),
+        "--device-id", "demo-device-1", "--family", FAMILY, "--server", url,
+        "--root", str(root), "--state-dir", str(AGENT_STATE), "--socket", str(SOCKET),
+        "--backend", f"emulated:{DEVICE}", "--poll-interval", "3600",
+    )  # fmt: skip
+    os.environ["EDGESEAL_AGENT_CONFIG"] = str(AGENT_CONFIG)
+    x = np.load(OUT / "input.npy")
+    layers_v1 = modelgen.random_layers([8, 16, 4], seed=7)
+    agent = start_agent()
+    run("edgeseal-agent", "check-now")
+    serve_once(modelgen.reference_mlp(x, layers_v1))
+
+    step("11. Release 2: published, verified, health-checked and committed while serving")
+    tokens = [OUT / f"release-manager-{n}.token" for n in (1, 2)]
+    keys = [OUT / f"release-manager-{n}.key" for n in (1, 2, 3)]
+    layers_v2 = modelgen.random_layers([8, 16, 4], seed=8)
+    publish(2, modelgen.mlp_model(layers_v2), OUT / "golden.npz", tokens, keys)
+    run("edgeseal-agent", "check-now")
+    serve_once(modelgen.reference_mlp(x, layers_v2))
+
+    step("12. Release 3 is a bad model: its trial fails the golden health check")
+    np.savez(OUT / "golden-v3.npz", input_0=x, output_0=modelgen.reference_mlp(x, layers_v2))
+    broken = modelgen.mlp_model(modelgen.random_layers([8, 16, 4], seed=666))
+    publish(3, broken, OUT / "golden-v3.npz", tokens, keys)
+    run("edgeseal-agent", "check-now", expect_fail=True)
+    serve_once(modelgen.reference_mlp(x, layers_v2))
+
+    step("13. Release 4: the power is cut during its trial; the next start reverts")
+    layers_v4 = modelgen.random_layers([8, 16, 4], seed=9)
+    publish(4, modelgen.mlp_model(layers_v4), OUT / "golden.npz", tokens, keys)
+    stop_agent(agent)
+    print("  (EDGESEAL_FAULT_AT=trial: a test hook that SIGKILLs the agent in its trial)")
+    run("edgeseal-agent", "check-now", env={"EDGESEAL_FAULT_AT": "trial"}, expect_fail=True)
+    agent = start_agent()
+    run("edgeseal-agent", "status")
+    serve_once(modelgen.reference_mlp(x, layers_v2))
+    return agent
 
 
 if __name__ == "__main__":

@@ -124,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
     for name, slot in report["slots"].items():
         mark = " (active)" if name == report["active"] else ""
         mark += " (previous)" if name == report["previous"] else ""
-        print(f"slot {name}: {slot['status']} v{slot['model_version']}{mark}")
+        model = f" {slot['family']} v{slot['model_version']}" if slot["model_version"] else ""
+        print(f"slot {name}: {slot['status']}{model}{mark}")
     print(f"digest: {report['active_digest']}")
     print(f"anti-rollback floor: {report['floor']}")
     print(f"trial: {report['trial']}; boot attempts: {report['boot_attempts']}")
