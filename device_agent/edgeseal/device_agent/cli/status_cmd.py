@@ -80,6 +80,8 @@ def collect(config: AgentConfig, *, tpm: bool = True) -> dict[str, Any]:
     active = slots.get(state.active) if state.active else None
     return {
         "device_id": config.device_id,
+        "key_backend": config.key_backend,
+        "insecure_key_backend": config.key_backend.startswith("software:"),
         "family": config.family,
         "agent_running": pid is not None,
         "pid": pid,
@@ -118,6 +120,9 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=1, sort_keys=True))
         return 0
     print(f"device {report['device_id']} ({report['family']})")
+    if report["insecure_key_backend"]:
+        print("WARNING: INSECURE software key backend: keys are files, not in a TPM")
+    print(f"key backend: {report['key_backend']}")
     print(
         f"agent: {'running, pid ' + str(report['pid']) if report['agent_running'] else 'stopped'}"
     )
