@@ -41,6 +41,7 @@ test: setup lint unit
 bench: setup
 	$(VENV)/bin/python bench/open_sealed.py
 	$(VENV)/bin/python bench/repository.py
+	$(VENV)/bin/python bench/update.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis demo-out
