@@ -294,12 +294,17 @@ def test_manual_rollback(make, rel) -> None:  # type: ignore[no-untyped-def]
     inst = make()
     v1 = rel(1)
     put(inst, v1)
-    put(inst, rel(2))
+    v2 = rel(2)
+    put(inst, v2)
     result = inst.rollback()
     assert (result.outcome, result.slot, result.version) == ("rolled-back", "a", 1)
     state = inst.read_state()
     assert state.last_update is not None
-    assert state.last_update["rolled_back_from"] == {"family": "demo", "model_version": 2}
+    assert state.last_update["rolled_back_from"] == {
+        "family": "demo",
+        "model_version": 2,
+        "sealed_sha256": v2.release.sealed_sha256,
+    }
     assert served(inst) == ("a", 1, v1.digest)
     assert inst.slot_info("b").status == "bad"
     with pytest.raises(InstallError, match="cannot roll back"):
@@ -393,3 +398,43 @@ def test_lost_state_json_is_rebuilt_from_good_slots(make, rel) -> None:  # type:
     state = fresh.read_state()
     assert state.previous == "a"
     assert state.last_error is not None and state.last_error["code"] == "state-missing"
+
+
+def test_move_renames_the_verified_file_into_the_slot(make, rel, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    inst = make()
+    v1 = rel(1)
+    handed = tmp_path / "state" / "downloads" / "v1.esm"
+    handed.parent.mkdir(parents=True, exist_ok=True)
+    handed.write_bytes(v1.esm.read_bytes())
+    inode = handed.stat().st_ino
+    inst.install(handed, v1.key, v1.release, passing(inst), move=True)
+    slot_file = inst.state_dir / "slots" / "a" / "model.esm"
+    assert not handed.exists()
+    assert slot_file.stat().st_ino == inode
+    assert slot_file.stat().st_mode & 0o777 == 0o600
+    assert served(inst) == ("a", 1, v1.digest)
+
+
+def test_move_of_a_file_changed_after_handover_is_hashed_and_refused(  # type: ignore[no-untyped-def]
+    make, rel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inst = make()
+    v1, v2 = rel(1), rel(2)
+    put(inst, v1)
+    handed = tmp_path / "state" / "downloads" / "v2.esm"
+    handed.parent.mkdir(parents=True, exist_ok=True)
+    handed.write_bytes(v2.esm.read_bytes())
+    real_seal_key = install_mod.seal_key
+
+    def seal_key_and_tamper(slot, *args):  # type: ignore[no-untyped-def]
+        # Something writes the slot's file between the rename and verify-written
+        # (its size changes: mtime alone may not, within one tick of the file system clock).
+        with slot.model_path.open("ab") as handle:
+            handle.write(b"\0")
+        real_seal_key(slot, *args)
+
+    monkeypatch.setattr(install_mod, "seal_key", seal_key_and_tamper)
+    with pytest.raises(InstallError, match="failed at verify-written"):
+        inst.install(handed, v2.key, v2.release, passing(inst), move=True)
+    assert inst.slot_info("b").status == "bad"
+    assert served(inst) == ("a", 1, v1.digest)

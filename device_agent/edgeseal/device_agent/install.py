@@ -7,11 +7,17 @@ first so the crash-injection tests can SIGKILL the agent there::
 
 * ``mark-bad``: the inactive slot's slot.json says ``bad`` before a byte of
   it changes, so a half-written slot never looks usable.
-* ``write``: copy the downloaded (TUF-verified) .esm into the slot, checking
-  its SHA-256 on the way; re-seal the content key in the TPM under the signed
+* ``write``: put the downloaded (TUF-verified) .esm into the slot: moved
+  (renamed, fsynced, directories fsynced) when the caller hands the file over
+  (``move=True``, what the updater does), else copied with its SHA-256
+  checked on the way; re-seal the content key in the TPM under the signed
   PCR policy's authority into key.sealed (a restart needs neither network nor
-  envelope); slot.json ``written``.
-* ``verify-written``: read the slot back: hash, unseal, key commitment.
+  envelope); slot.json ``written``. A kill after the rename leaves the slot
+  ``bad`` and the download gone: the next attempt downloads and writes again.
+* ``verify-written``: check the slot: the model's hash (read back, unless it is
+  the very renamed file whose hash the caller just verified, see
+  :func:`~edgeseal.device_agent.slots.verify_written`), the key unseals and
+  matches the model's key commitment.
 * ``switch``: one atomic, fsynced rename of state.json: ``active`` = new,
   ``previous`` = old, ``trial`` = new slot.
 * ``trial``: the caller's ``trial(slot)`` loads the slot through
@@ -59,10 +65,12 @@ from edgeseal.device_agent.rollback_floor import (
 )
 from edgeseal.device_agent.slots import (
     DIGEST_ALGS,
+    FileIdentity,
     Slot,
     SlotInfo,
     check_sealed_file,
     copy_model,
+    move_model,
     open_slot,
     other_slot,
     seal_key,
@@ -322,8 +330,16 @@ class Installer:
         content_key: ContentKey,
         release: Release,
         trial: Trial_,
+        *,
+        move: bool = False,
     ) -> InstallResult:
         """Install ``model_path`` into the inactive slot; commit only if ``trial`` passes.
+
+        ``move=True`` hands the file over: it must be on the state directory's
+        file system (else it is copied) and its SHA-256 must have just been
+        verified against ``release.sealed_sha256`` by the caller (the updater's
+        TUF download); it is renamed into the slot, not copied, and not hashed
+        again unless it changed (see :func:`~edgeseal.device_agent.slots.verify_written`).
 
         Raises (after recording why in state.json and the audit log):
         DowngradeError / VersionJumpError / InstallError when refused or failed
@@ -359,23 +375,26 @@ class Installer:
             )
             try:
                 self._precheck(state, Path(model_path), content_key, planned)
+                handed_over = FileIdentity.of(Path(model_path)) if move else None
             except _EXPECTED as exc:
                 self._fail(
                     state=state, txn=txn, step="check", outcome="refused", planned=planned, exc=exc
                 )
                 raise
             step = "mark-bad"
+            written: FileIdentity | None = None
             try:
                 current = self.slot_info(target)
                 if self._resumable(current, planned):
+                    # Written by an earlier attempt: its bytes are read back and hashed.
                     self.audit.append("install.resumed", txn=txn, slot=target)
                     planned = current
                 else:
                     self._mark_bad(target, txn)
                     step = "write"
-                    self._write(Path(model_path), content_key, planned, txn)
+                    written = self._write(Path(model_path), content_key, planned, txn, handed_over)
                 step = "verify-written"
-                self._verify_written(planned, txn)
+                self._verify_written(planned, txn, written)
             except _EXPECTED as exc:
                 self._slots[target].write_info(SlotInfo(target, "bad"))
                 self._fail(
@@ -427,15 +446,29 @@ class Installer:
         self._slots[target].write_info(SlotInfo(target, "bad"))
         self.audit.append("install.step", txn=txn, step="mark-bad", slot=target)
 
-    def _write(self, model_path: Path, key: ContentKey, planned: SlotInfo, txn: str) -> None:
+    def _write(
+        self,
+        model_path: Path,
+        key: ContentKey,
+        planned: SlotInfo,
+        txn: str,
+        handed_over: FileIdentity | None,
+    ) -> FileIdentity | None:
+        """Write the slot; the identity of a verified file moved into it, else None."""
         fault_point("write")
         slot = self._slots[planned.name]
-        copy_model(model_path, slot, planned.sealed_sha256 or "", self.max_model_bytes)
+        sha256 = planned.sealed_sha256 or ""
+        moved = False
+        if handed_over is not None:
+            moved = move_model(model_path, slot, sha256, self.max_model_bytes)
+        else:
+            copy_model(model_path, slot, sha256, self.max_model_bytes)
         seal_key(slot, key, self._backend, self._approved)
         slot.write_info(planned)
         self.audit.append("install.step", txn=txn, step="write", slot=planned.name)
+        return handed_over if moved else None
 
-    def _verify_written(self, planned: SlotInfo, txn: str) -> None:
+    def _verify_written(self, planned: SlotInfo, txn: str, written: FileIdentity | None) -> None:
         fault_point("verify-written")
         verify_written(
             self._slots[planned.name],
@@ -444,6 +477,7 @@ class Installer:
             approved=self._approved,
             hardware_class=self.hardware_class,
             max_bytes=self.max_model_bytes,
+            verified=written,
         )
         self.audit.append("install.step", txn=txn, step="verify-written", slot=planned.name)
 

@@ -19,9 +19,11 @@ trusted until an install rewrites it.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import hashlib
 import hmac
 import logging
+import os
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -246,6 +248,68 @@ def copy_model(src: Path, slot: Slot, expected_sha256: str, max_bytes: int) -> N
             )
 
 
+@dataclass(frozen=True)
+class FileIdentity:
+    """Which file (device, inode) and which version of it (size, mtime): survives a rename.
+
+    A rename keeps the inode and the mtime; a write changes the mtime (or the
+    size). So a file in the agent's own state directory whose identity is the
+    one recorded when its hash was verified holds those verified bytes, without
+    reading them again. It is a cheap consistency check, not a defence against
+    someone who can write the state directory (the mtime has the file system's
+    clock granularity and can be reset): that is the AEAD's job at every load.
+    """
+
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, path: Path) -> FileIdentity:
+        st = path.stat()
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def move_model(src: Path, slot: Slot, expected_sha256: str, max_bytes: int) -> bool:
+    """Move (rename) the sealed model into the slot; copy it if ``src`` is on another file system.
+
+    The file's data is fsynced before the rename and both directories after
+    it, so a power cut leaves the model either still in ``src`` or complete in
+    the slot. Returns True if renamed (the slot file is then ``src``'s inode,
+    see :class:`FileIdentity`), False if it had to be copied (and hashed on the
+    way, like :func:`copy_model`). Idempotent: a crash after the rename leaves
+    the slot ``bad`` (mark-bad came first) and the next attempt fetches and
+    moves the file again.
+    """
+    ensure_dir(slot.dir)
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        os.fchmod(fd, 0o600)
+        os.fsync(fd)  # cheap when the download already synced it; the slot relies on it
+    finally:
+        os.close(fd)
+    try:
+        src.replace(slot.model_path)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        copy_model(src, slot, expected_sha256, max_bytes)
+        src.unlink(missing_ok=True)
+        return False
+    _fsync_dir(slot.dir)
+    _fsync_dir(src.parent)
+    return True
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def seal_key(
     slot: Slot, content_key: ContentKey, backend: KeyBackend, approved: SignedPCRPolicy
 ) -> None:
@@ -288,9 +352,21 @@ def verify_written(
     approved: SignedPCRPolicy,
     hardware_class: str,
     max_bytes: int,
+    verified: FileIdentity | None = None,
 ) -> None:
-    """Re-read what was written: model hash, key unseals and commits to the model's header."""
-    if sha256_file(slot.model_path, max_bytes) != info.sealed_sha256:
+    """Check what was written: model bytes, key unseals and commits to the model's header.
+
+    The model's SHA-256 is read back and compared with the release, unless
+    ``verified`` is given and the slot's file still has that identity: then
+    it is the very file (renamed, never rewritten) whose hash the caller
+    verified against the same release just before (the updater: TUF's
+    ``verify_length_and_hashes`` on the downloaded file), and re-hashing it
+    would re-read the page cache, not the disk, proving nothing more. Either
+    way every load authenticates every chunk (AEAD) and the plaintext digest,
+    so a model that rots afterwards is still never used.
+    """
+    renamed = verified is not None and FileIdentity.of(slot.model_path) == verified
+    if not renamed and sha256_file(slot.model_path, max_bytes) != info.sealed_sha256:
         raise SlotContentError(f"{slot.model_path} does not read back as written")
     key = unseal_key(slot, backend, approved)
     with slot.model_path.open("rb") as handle:

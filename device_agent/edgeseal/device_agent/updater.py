@@ -18,6 +18,12 @@ authenticated until decryption, is compared with the *signed* metadata before
 the TPM is asked to unwrap anything; the plaintext digest is checked again on
 the model actually loaded from the slot in the trial.
 
+Cost: the model is decrypted once per update, in the trial (the header check
+and the unwrap read only the header), and written once: the verified download
+is renamed into the slot. The TUF client (python-tuf, urllib3,
+securesystemslib) is imported at the first cycle, not while the agent only
+serves: an idle agent does not need it.
+
 Whatever happens, the model being served keeps being served: the install
 transaction (:mod:`~edgeseal.device_agent.install`) only swaps on commit.
 Refusals and failures are recorded in state.json (``last_update`` /
@@ -39,7 +45,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeseal.device_agent.config import AgentConfig
 from edgeseal.device_agent.errors import AgentError
@@ -56,15 +62,6 @@ from edgeseal.device_agent.recipient import TPMRecipient
 from edgeseal.device_agent.rollback_floor import VersionFloorError
 from edgeseal.device_agent.slots import SlotInfo
 from edgeseal.device_agent.state import DOWNLOADS_DIR, TUF_DIR, read_json, timestamp, utc_now
-from edgeseal.device_agent.tuf_client import AgentTUFClient
-from edgeseal.device_agent.tuf_config import TUFClientConfig
-from edgeseal.device_agent.tuf_errors import (
-    TargetNotFoundError,
-    TargetVerificationError,
-    TUFClientError,
-    TUFRepositoryError,
-    UnknownFamilyError,
-)
 from edgeseal.hardware.backend import KeyBackend
 from edgeseal.hardware.errors import HardwareError
 from edgeseal.hardware.policy import SignedPCRPolicy
@@ -80,6 +77,9 @@ from edgeseal.sdk.releases import (
 from edgeseal.sdk.runtime import TFLiteModel
 from edgeseal.sdk.sealed import inspect_sealed_model
 
+if TYPE_CHECKING:
+    from edgeseal.device_agent.tuf_client import AgentTUFClient
+
 log = logging.getLogger(__name__)
 
 OUTCOMES = ("no-update", "installed", "refused", "failed")
@@ -92,7 +92,7 @@ MAX_REMEMBERED = 32
 #: An HPKE envelope is 129 bytes; anything much larger is not one.
 MAX_ENVELOPE_BYTES = 4096
 
-TUFClientFactory = Callable[[], AgentTUFClient]
+TUFClientFactory = Callable[[], "AgentTUFClient"]
 
 
 class UpdateCancelledError(AgentError):
@@ -165,6 +165,10 @@ def default_tuf_client_factory(config: AgentConfig) -> TUFClientFactory:
     """A fresh :class:`AgentTUFClient` per cycle on ``STATE/tuf`` and ``STATE/downloads``."""
 
     def factory() -> AgentTUFClient:
+        # Imported here: python-tuf and urllib3 are needed from the first cycle on only.
+        from edgeseal.device_agent.tuf_client import AgentTUFClient
+        from edgeseal.device_agent.tuf_config import TUFClientConfig
+
         return AgentTUFClient(
             config.state_dir / TUF_DIR,
             config.metadata_url,
@@ -247,6 +251,12 @@ class Updater:
     def _cycle(
         self, phases: _Phases, cancelled: Callable[[], bool]
     ) -> tuple[str, int | None, str | None]:
+        from edgeseal.device_agent.tuf_errors import (
+            TargetNotFoundError,
+            TUFClientError,
+            UnknownFamilyError,
+        )
+
         family = self.config.family
         self._remember_rollback()
         with phases("refresh"):
@@ -378,7 +388,8 @@ class Updater:
                 finally:
                     trial_time += self._clock() - t0
 
-            self.installer.install(model_path, content_key, release, timed_trial)
+            # The download is handed over: renamed into the slot, not copied or re-hashed.
+            self.installer.install(model_path, content_key, release, timed_trial, move=True)
         except TrialFailedError as exc:
             self._remember(key)
             raise _EndOfCycleError(
@@ -414,10 +425,18 @@ class Updater:
 
         def trial(slot: SlotInfo) -> None:
             with phases("decrypt"):
+                # The one decryption of the update. load_slot authenticated every chunk,
+                # hashed the plaintext and matched it with the now-authenticated header,
+                # and matched that header's digest and algorithm with slot.json; so
+                # comparing slot.json with the signed release here proves the plaintext
+                # digest without hashing the plaintext a second time.
                 loaded = self.installer.load_slot(slot.name)
-                digest = plaintext_digest(meta.plaintext.digest_alg, loaded.plaintext)
-                if len(loaded.plaintext) != meta.plaintext.size or not hmac.compare_digest(
-                    digest, meta.plaintext.digest
+                if (
+                    len(loaded.plaintext) != meta.plaintext.size
+                    or loaded.slot.digest_alg != meta.plaintext.digest_alg
+                    or not hmac.compare_digest(
+                        loaded.slot.plaintext_digest or "", meta.plaintext.digest.hex()
+                    )
                 ):
                     raise HeaderMismatchError(
                         "the decrypted model's digest or size is not the one the release signs"
@@ -433,6 +452,8 @@ class Updater:
     # -- pieces -----------------------------------------------------------------------------
 
     def _envelope(self, client: AgentTUFClient, meta: ReleaseMetadata) -> bytes:
+        from edgeseal.device_agent.tuf_errors import TargetVerificationError
+
         path = envelope_target_path(self.config.device_id, meta.family, meta.version)
         info = client.get_targetinfo(path)
         try:
@@ -528,6 +549,8 @@ class Updater:
         remember: tuple[str, int, str] | None = None,
     ) -> _EndOfCycleError:
         """TUF verification failures are refusals; network/disk/TPM problems are failures."""
+        from edgeseal.device_agent.tuf_errors import TargetVerificationError, TUFRepositoryError
+
         refused = isinstance(exc, TUFRepositoryError | TargetVerificationError)
         outcome = "refused" if refused else "failed"
         if refused and remember is not None:

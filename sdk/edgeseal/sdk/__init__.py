@@ -6,6 +6,9 @@ nothing until a recipe is used; the crypto backend loads on first use.
 
 from __future__ import annotations
 
+#: The one place the version is written (pyproject.toml reads it from here).
+__version__ = "0.1.0"
+
 import importlib
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +56,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "__version__",
     "ContentKey",
     "EdgesealError",
     "EnvelopeError",

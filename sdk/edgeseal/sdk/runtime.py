@@ -17,7 +17,6 @@ against the model before the interpreter sees them.
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
 import logging
 import threading
 from collections.abc import Sequence
@@ -284,11 +283,17 @@ def _import_runtime(name: str | None) -> tuple[Any, str]:
 
 
 def _version(candidate: _Runtime, module: Any) -> str:
+    package = importlib.import_module(candidate.module.split(".", 1)[0])
+    version = getattr(module, "__version__", None) or getattr(package, "__version__", None)
+    if version is not None:  # cheaper than importlib.metadata, which a daemon then carries
+        return str(version)
+    from importlib import metadata
+
     try:
-        return importlib.metadata.version(candidate.distribution)
-    except importlib.metadata.PackageNotFoundError:
+        return metadata.version(candidate.distribution)
+    except metadata.PackageNotFoundError:
         # e.g. tensorflow-cpu or a vendor build under another distribution name
-        return str(getattr(module, "__version__", "unknown version"))
+        return "unknown version"
 
 
 def _details(raw: dict[str, Any]) -> TensorDetails:

@@ -1,40 +1,17 @@
-"""``edgeseal``: the release manager's command line.
+"""``edgeseal``: the release manager's command line (parser in :mod:`.main`).
 
-Each subcommand lives in its own module exposing ``register(subparsers)``;
-the parser it adds has a ``func`` that takes the parsed arguments and returns
-an exit code.
+Kept empty of imports on purpose: the device agent's and the server's CLIs
+import :mod:`edgeseal.sdk.cli.common`, and importing this package must not
+pull in every release-manager subcommand (HTTP client, TLS) into a daemon.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Sequence
-
-from edgeseal.sdk.cli import inspect_cmd as inspect_cmd
-from edgeseal.sdk.cli import keygen_cmd as keygen_cmd
-from edgeseal.sdk.cli import release_cmd as release_cmd
-from edgeseal.sdk.cli import seal_cmd as seal_cmd
-from edgeseal.sdk.cli.common import run_command
-
-_SUBCOMMANDS = (keygen_cmd, seal_cmd, inspect_cmd, release_cmd)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="edgeseal",
-        description="edgeseal: seal models for edge devices and manage their releases.",
-    )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more output")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for module in _SUBCOMMANDS:
-        module.register(sub)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_command(build_parser().parse_args(argv))
+    """The ``edgeseal`` console script."""
+    from edgeseal.sdk.cli.main import main as _main
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return _main(argv)
