@@ -281,10 +281,12 @@ class AgentDevice:
 
 
 @contextlib.contextmanager
-def fleet(tmp: Path, *, max_upload: int = 8 * 1024 * 1024) -> Iterator[Fleet]:
+def fleet(
+    tmp: Path, *, max_upload: int = 8 * 1024 * 1024, hint_settings: Any = None
+) -> Iterator[Fleet]:
     """A real server with family ``demo`` (3 release managers, threshold 2)."""
     config = ServerConfig(bin_bits=4, max_upload=max_upload, refresh_interval=3600)
-    with running_server(tmp / "server", config=config) as server:
+    with running_server(tmp / "server", config=config, hint_settings=hint_settings) as server:
         server.add_family(FAMILY, managers=3, threshold=2)
         rm = ManagementClient(server.base_url, server.token("release-manager", FAMILY))
         operator = ManagementClient(server.base_url, server.token("operator"))

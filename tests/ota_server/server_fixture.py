@@ -117,7 +117,7 @@ def _free_socket() -> socket.socket:
 
 @contextlib.contextmanager
 def running_server(
-    data_dir: Path, *, config: ServerConfig | None = None
+    data_dir: Path, *, config: ServerConfig | None = None, hint_settings: Any = None
 ) -> Iterator[RunningServer]:
     """Initialize ``data_dir`` and serve it with uvicorn on 127.0.0.1 (port chosen by the OS)."""
     import uvicorn
@@ -139,7 +139,12 @@ def running_server(
     sock = _free_socket()
     port = sock.getsockname()[1]
     server = uvicorn.Server(
-        uvicorn.Config(create_app(data_dir), log_level="warning", access_log=False, lifespan="on")
+        uvicorn.Config(
+            create_app(data_dir, hint_settings=hint_settings),
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+        )
     )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

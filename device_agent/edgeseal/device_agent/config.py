@@ -56,7 +56,8 @@ NV_OWNER_FIRST = 0x01500000
 NV_OWNER_LAST = 0x015FFFFF
 KEY_BACKEND_KINDS = ("device", "swtpm", "mssim", "tabrmd", "software", "emulated")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-_DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+#: The OTA server's rule (and the MQTT user name's): no ":" (mosquitto's password file).
+_DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 def _package_version() -> str:
@@ -109,6 +110,14 @@ class AgentConfig:
     nv_counter_index: int = 0x01500010
     max_version_step: int = 10000
     agent_version: str = dataclasses.field(default_factory=_package_version)
+    #: MQTT release hints and telemetry (off when empty): ``mqtt://host:1883`` or
+    #: ``mqtts://``; the user name is the device id, the password in ``mqtt_password_file``.
+    mqtt_url: str = ""
+    mqtt_password_file: Path = Path("/etc/edgeseal/mqtt-password")
+    #: A hinted check runs up to this many seconds after the hint (a fleet does not
+    #: stampede the server), and at most once per ``mqtt_hint_min_interval_s``.
+    mqtt_hint_jitter_s: float = 30.0
+    mqtt_hint_min_interval_s: float = 60.0
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -121,7 +130,7 @@ class AgentConfig:
 
 
 _FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fields(AgentConfig)}
-_PATHS = {"state_dir", "socket_path", "pcr_policy_path"}
+_PATHS = {"state_dir", "socket_path", "pcr_policy_path", "mqtt_password_file"}
 _INTS = {
     "version",
     "socket_mode",
@@ -131,7 +140,7 @@ _INTS = {
     "nv_counter_index",
     "max_version_step",
 }
-_FLOATS = {"poll_interval_s", "poll_jitter_s"}
+_FLOATS = {"poll_interval_s", "poll_jitter_s", "mqtt_hint_jitter_s", "mqtt_hint_min_interval_s"}
 
 
 def load_config(

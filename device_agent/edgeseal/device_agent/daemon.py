@@ -40,7 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeseal.device_agent.config import AgentConfig
 from edgeseal.device_agent.errors import AgentError
@@ -59,6 +59,10 @@ from edgeseal.hardware.backend import KeyBackend, open_backend
 from edgeseal.hardware.policy import SignedPCRPolicy
 from edgeseal.hardware.profiles import load_profile
 from edgeseal.sdk.runtime import TFLiteModel, load_model
+
+if TYPE_CHECKING:  # imported at run time only when MQTT is configured (idle memory)
+    from edgeseal.device_agent.mqtt_link import HintScheduler, MQTTLink, MQTTLinkSettings
+    from edgeseal.sdk.mqtt_messages import ReleaseHint
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +153,7 @@ class Daemon:
         rng: random.Random | None = None,
         tuf_client_factory: TUFClientFactory | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        mqtt: MQTTLinkSettings | None = None,
     ) -> None:
         self.config = config
         self.state_dir = Path(config.state_dir)
@@ -164,6 +169,16 @@ class Daemon:
         self._last: UpdateResult | None = None
         self._last_rollback: dict[str, Any] | None = None
         self._started = timestamp(utc_now())
+        # MQTT release hints (never trusted: they only bring the next check forward) and
+        # telemetry after each cycle; see edgeseal.device_agent.mqtt_link.
+        self._mqtt = mqtt
+        self._link: MQTTLink | None = None
+        self._hints: HintScheduler | None = None
+        if mqtt is not None:
+            from edgeseal.device_agent.mqtt_link import HintPolicy, HintScheduler
+
+            policy = HintPolicy(config.mqtt_hint_jitter_s, config.mqtt_hint_min_interval_s)
+            self._hints = HintScheduler(policy, clock=monotonic, rng=self._rng)
 
     # -- signals ----------------------------------------------------------------------------
 
@@ -220,8 +235,15 @@ class Daemon:
                 self.holder,
                 tuf_client_factory=self._factory,
             )
+            if self._mqtt is not None:
+                from edgeseal.device_agent.mqtt_link import MQTTLink
+
+                self._link = MQTTLink(self._mqtt, on_hint=self._on_hint, rng=self._rng)
+                self._link.start()
             self._loop(installer, updater)
         finally:
+            if self._link is not None:
+                self._link.stop()
             if server is not None:
                 server.shutdown()
             keys.backend.close()
@@ -242,7 +264,8 @@ class Daemon:
             if self._reload:
                 self._reload = False
                 self._reload_active(installer)
-            if self._check or self._monotonic() >= next_check:
+            hinted = self._hints is not None and self._hints.take_due()
+            if self._check or hinted or self._monotonic() >= next_check:
                 self._check = False
                 self._cycle(installer, updater)
                 next_check = self._next_check()
@@ -251,7 +274,16 @@ class Daemon:
         interval = self.config.poll_interval_s + self._rng.uniform(0, self.config.poll_jitter_s)
         return self._monotonic() + interval
 
+    def _on_hint(self, hint: ReleaseHint) -> None:
+        """MQTT network thread: schedule a jittered, debounced check; nothing else."""
+        serving = self._serving
+        if self._hints is not None:
+            version = None if serving is None else serving["version"]
+            self._hints.offer(hint, current_version=version)
+
     def _cycle(self, installer: Installer, updater: Updater) -> None:
+        if self._hints is not None:
+            self._hints.note_check()
         try:
             result = updater.check_now(cancelled=lambda: self._stop)
         except UpdateCancelledError:
@@ -270,6 +302,10 @@ class Daemon:
                 "slot": state.active,
             }
         self._write_status(installer)
+        if self._link is not None:
+            serving = self._serving
+            active = None if serving is None else serving["version"]
+            self._link.publish_cycle(result, active_version=active)
 
     def _reload_active(self, installer: Installer) -> None:
         """SIGHUP: do a requested rollback (``STATE/rollback.request``), serve the active slot."""

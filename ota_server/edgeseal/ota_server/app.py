@@ -46,6 +46,7 @@ from edgeseal.ota_server.auth import (
     require_viewer,
 )
 from edgeseal.ota_server.context import ServerContext, actor_of
+from edgeseal.ota_server.hints import HintSettings
 from edgeseal.ota_server.service_errors import BadRequestError, TooLargeError, http_status
 from edgeseal.sdk.errors import EdgesealError
 
@@ -99,9 +100,14 @@ async def read_json_body(request: Request, limit: int) -> JSONValue:
     return _strict_json(await read_limited(request, limit))
 
 
-def create_app(data_dir: Path, *, now: Callable[[], datetime] | None = None) -> FastAPI:
+def create_app(
+    data_dir: Path,
+    *,
+    now: Callable[[], datetime] | None = None,
+    hint_settings: HintSettings | None = None,
+) -> FastAPI:
     """The app serving the initialized data directory ``data_dir``."""
-    ctx = ServerContext.open(Path(data_dir), now=now)
+    ctx = ServerContext.open(Path(data_dir), now=now, hint_settings=hint_settings)
     return build_app(ctx)
 
 

@@ -51,6 +51,10 @@ class ServerConfig:
     envelopes_expiry_days: int = 30
     snapshot_expiry_days: int = 7
     timestamp_expiry_days: int = 1
+    #: Port of the MQTT broker (mosquitto) ``run`` starts for release hints and
+    #: telemetry; 0 means no broker. It binds to ``mqtt_bind``.
+    mqtt_port: int = 0
+    mqtt_bind: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         if self.version != CONFIG_VERSION:
@@ -61,10 +65,12 @@ class ServerConfig:
             )
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name != "bind" and (type(value) is not int or value < 0):
+            if f.name not in ("bind", "mqtt_bind") and (type(value) is not int or value < 0):
                 raise ConfigError(f"{f.name} must be a non-negative integer", field=f.name)
         if not 1 <= self.port <= 65535 and self.port != 0:
             raise ConfigError("port must be 0..65535", field="port")
+        if not 0 <= self.mqtt_port <= 65535:
+            raise ConfigError("mqtt_port must be 0..65535 (0: no broker)", field="mqtt_port")
         if not 0 <= self.bin_bits <= 14:
             raise ConfigError("bin_bits must be 0..14", field="bin_bits")
         if self.max_json_body < 1024 or self.max_upload < 1024:
@@ -129,6 +135,10 @@ class DataDir:
     @property
     def audit_head(self) -> Path:
         return self.root / AUDIT_HEAD_FILE
+
+    @property
+    def broker(self) -> Path:
+        return self.root / "broker"
 
     @property
     def lock_file(self) -> Path:

@@ -27,6 +27,7 @@ from edgeseal.ota_server.audit import ACCEPTED, REFUSED, AuditLog
 from edgeseal.ota_server.auth import ANONYMOUS, Principal, authenticate
 from edgeseal.ota_server.config import DataDir, ServerConfig, load_config
 from edgeseal.ota_server.db import Database
+from edgeseal.ota_server.hints import HintSettings
 from edgeseal.ota_server.kek import KeyEncryptionKey
 from edgeseal.ota_server.repository import Expiry, Repository
 from edgeseal.ota_server.service_errors import http_status
@@ -67,9 +68,17 @@ class ServerContext:
     kek: KeyEncryptionKey
     repository: Repository
     clock: Clock = wall_clock
+    #: Where release hints go (the MQTT broker ``run`` started), or None: no hints.
+    hint_settings: HintSettings | None = None
 
     @classmethod
-    def open(cls, data_dir: Path, *, now: Clock | None = None) -> ServerContext:
+    def open(
+        cls,
+        data_dir: Path,
+        *,
+        now: Clock | None = None,
+        hint_settings: HintSettings | None = None,
+    ) -> ServerContext:
         data = DataDir(Path(data_dir))
         config = load_config(data)
         db = Database.open(data.db_file)
@@ -83,6 +92,7 @@ class ServerContext:
             kek=KeyEncryptionKey.load(data.keys),
             repository=repository,
             clock=now or wall_clock,
+            hint_settings=hint_settings,
         )
 
     def now(self) -> datetime:

@@ -50,6 +50,7 @@ from edgeseal.ota_server import db
 from edgeseal.ota_server.auth import Principal, require_release_manager
 from edgeseal.ota_server.context import ServerContext
 from edgeseal.ota_server.db import DeviceRow, ReleaseRow, isotime
+from edgeseal.ota_server.hints import publish_hint_in_background, release_hint
 from edgeseal.ota_server.service_errors import (
     BadRequestError,
     ConflictError,
@@ -391,6 +392,12 @@ def _publish(
         except EdgesealError as exc:
             logger.exception("published %s but its envelopes failed", row.id)
             return {"published": row.target_path, "envelope_error": exc.diagnostics()[:500]}
+        # An MQTT hint (never trusted, best effort, off this thread) makes devices check
+        # sooner, once their envelopes exist; only when ``run`` started a broker.
+        if ctx.hint_settings is not None:
+            publish_hint_in_background(
+                ctx.hint_settings, release_hint(row.family, row.version, now)
+            )
         logger.info("published %s with %d envelopes", row.id, len(envelopes))
         return {"published": row.target_path, "envelopes": len(envelopes)}
     repo.publish_family(row.family, signed, now=now)

@@ -58,7 +58,17 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if args.verbose == 0:  # a daemon logs what it does (journald keeps it)
         logging.getLogger().setLevel(logging.INFO)
-    daemon = Daemon(config)
+    mqtt = None
+    if config.mqtt_url:
+        from edgeseal.device_agent.mqtt_link import MQTTLinkSettings
+
+        mqtt = MQTTLinkSettings.from_config(
+            url=config.mqtt_url,
+            device_id=config.device_id,
+            password_file=config.mqtt_password_file,
+            family=config.family,
+        )
+    daemon = Daemon(config, mqtt=mqtt)
     daemon.install_signal_handlers()
     daemon.run()
     return 0

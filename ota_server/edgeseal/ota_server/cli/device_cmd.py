@@ -28,6 +28,18 @@ def register(sub: Any) -> None:
     c.add_argument("--channel", default="stable", help="release channel (default stable)")
     add_json(c)
     c.set_defaults(func=run_add)
+    m: argparse.ArgumentParser = dsub.add_parser(
+        "mqtt-credentials",
+        help="create or rotate a device's MQTT broker password (release hints, telemetry)",
+        description=(
+            "Write a new random broker password for the device (user name = device id) to "
+            "--output (mode 0600), to be installed on the device as its mqtt_password_file. "
+            "A running broker re-reads its password file at once."
+        ),
+    )
+    m.add_argument("--id", required=True, dest="device_id", help="device id")
+    m.add_argument("--output", type=Path, required=True, help="where to write the password")
+    m.set_defaults(func=run_mqtt_credentials)
 
 
 def run_add(args: argparse.Namespace) -> int:
@@ -57,3 +69,47 @@ def run_add(args: argparse.Namespace) -> int:
     else:
         print(f"device {args.device_id} added with {len(answer['envelopes'])} envelope(s)")
     return 0
+
+
+def run_mqtt_credentials(args: argparse.Namespace) -> int:
+    from edgeseal.ota_server.broker import MosquittoBroker
+    from edgeseal.ota_server.config import DataDir, load_config
+    from edgeseal.sdk.files import atomic_write
+
+    data = DataDir(Path(args.data))
+    if not load_config(data).mqtt_port:
+        raise CLIError("this server runs no MQTT broker: set mqtt_port in server.toml")
+    ctx = open_context(args)
+    try:
+
+        def work(_session: Session) -> tuple[Any, dict[str, Any]]:
+            broker = MosquittoBroker(data.broker)
+            password = broker.add_device_credentials(args.device_id)
+            atomic_write(args.output, password.encode() + b"\n", mode=0o600)
+            _signal_broker(broker.pid_file)
+            return None, {"device": args.device_id}
+
+        ctx.mutate(
+            actor=cli_actor(),
+            action="device.mqtt-credentials",
+            target=f"devices/{args.device_id}",
+            work=work,
+        )
+    finally:
+        ctx.close()
+    print(f"MQTT password for {args.device_id} written to {args.output}")
+    return 0
+
+
+def _signal_broker(pid_file: Path) -> None:
+    """SIGHUP the broker ``edgeseal-server run`` started, so it re-reads its passwords."""
+    import contextlib
+    import os
+    import signal
+
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return  # not running: it reads the file when it starts
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGHUP)

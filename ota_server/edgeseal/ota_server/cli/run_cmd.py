@@ -14,7 +14,8 @@ def register(sub: Any) -> None:
         "run",
         help="serve the management API and the TUF repository (HTTP)",
         description=(
-            "Serve /api/v1 (management), /tuf (static TUF metadata and targets) and /healthz. "
+            "Serve /api/v1 (management), /tuf (static TUF metadata and targets) and /healthz; "
+            "with mqtt_port set in server.toml, also run an MQTT broker for release hints. "
             "Online roles are re-signed in the background before they expire. SIGINT or "
             "SIGTERM stops the server gracefully. Put TLS in front of it (a reverse proxy) "
             "when it leaves loopback."
@@ -30,8 +31,17 @@ def run(args: argparse.Namespace) -> int:
 
     from edgeseal.ota_server.app import create_app
 
-    config = load_config(DataDir(args.data))
-    app = create_app(args.data)
+    data = DataDir(args.data)
+    config = load_config(data)
+    broker = None
+    hint_settings = None
+    if config.mqtt_port:
+        from edgeseal.ota_server.broker import MosquittoBroker
+
+        broker = MosquittoBroker(data.broker, bind=config.mqtt_bind, port=config.mqtt_port)
+        broker.start()
+        hint_settings = broker.hint_settings()
+    app = create_app(args.data, hint_settings=hint_settings)
     server = uvicorn.Server(
         uvicorn.Config(
             app,
@@ -50,4 +60,6 @@ def run(args: argparse.Namespace) -> int:
         server.run()
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if broker is not None:
+            broker.stop()
     return 0
