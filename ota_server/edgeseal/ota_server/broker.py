@@ -355,6 +355,7 @@ class MosquittoBroker:
         self._write_protected(self.password_file, text.encode())
 
     def _set_password(self, username: str, password: str) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)  # credentials may precede the first start
         entries = self._read_passwords()
         entries[username] = mosquitto_password_hash(password)
         self._write_passwords(entries)

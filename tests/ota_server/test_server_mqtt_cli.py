@@ -1,0 +1,58 @@
+"""``edgeseal-server device mqtt-credentials``: a device's broker password, written
+0600 for the device, hashed in the broker's password file, audited; refused when the
+server runs no broker."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from edgeseal.ota_server.cli import main
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    passfile = tmp_path / "pass"
+    passfile.write_text("correct horse battery staple\n")
+    code = main(
+        [
+            "--data", str(tmp_path / "data"), "init", "--officer-keys", str(tmp_path / "off"),
+            "--officers", "1", "--threshold", "1", "--bin-bits", "1",
+            "--passphrase-file", str(passfile),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    return tmp_path / "data"
+
+
+def test_refused_without_a_broker(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "pw"
+    assert (
+        main(
+            ["--data", str(data), "device", "mqtt-credentials", "--id", "d1", "--output", str(out)]
+        )
+        == 1
+    )
+    assert "no MQTT broker" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_credentials_written_hashed_and_audited(data: Path, tmp_path: Path) -> None:
+    config = data / "server.toml"
+    config.write_text(config.read_text().replace("mqtt_port = 0", "mqtt_port = 1883"))
+    out = tmp_path / "pw"
+    assert (
+        main(
+            ["--data", str(data), "device", "mqtt-credentials", "--id", "d1", "--output", str(out)]
+        )
+        == 0
+    )
+    password = out.read_text().strip()
+    assert len(password) >= 32 and stat.S_IMODE(out.stat().st_mode) == 0o600
+    entries = (data / "broker" / "passwords").read_text()
+    assert entries.count("d1:") == 1 and password not in entries
+    assert main(["--data", str(data), "audit", "verify"]) == 0
