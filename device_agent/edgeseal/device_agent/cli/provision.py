@@ -33,6 +33,7 @@ from edgeseal.sdk.files import atomic_write
 
 #: A root.json of a few officers is a few KiB; python-tuf's own bound.
 MAX_ROOT_BYTES = 512_000
+MAX_POLICY_BYTES = 16 * 1024
 DEVICE_KEY_FILE = "device-key.pub.pem"
 
 
@@ -102,10 +103,13 @@ def _device_key(args: argparse.Namespace, state_dir: Path) -> tuple[Path, str, s
 
     if args.policy_authority is None or args.pcr_policy is None:
         raise CLIError("a real TPM needs --policy-authority PUBKEY and --pcr-policy FILE")
-    SignedPCRPolicy.from_bytes(args.pcr_policy.read_bytes()).verify()
+    policy = SignedPCRPolicy.from_bytes(args.pcr_policy.read_bytes()[: MAX_POLICY_BYTES + 1])
     authority = serialization.load_pem_public_key(args.policy_authority.read_bytes())
     if not isinstance(authority, ec.EllipticCurvePublicKey):
         raise CLIError(f"{args.policy_authority} is not an EC public key")
+    # The device key will accept only policies this authority signs: the policy given
+    # now must be one of them, or the device could never use its key.
+    policy.verify(authority)
     hardware_class = load_profile(args.profile).hardware_class
     with open_backend(args.backend) as backend:
         try:
