@@ -10,9 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeseal.ota_server.context import ServerContext
-from edgeseal.sdk.cli.common import CLIError
-
-MAX_PASSPHRASE_FILE = 4096
+from edgeseal.sdk.cli.common import CLIError, read_passphrase
 
 
 def add_json(parser: argparse.ArgumentParser) -> None:
@@ -28,25 +26,11 @@ def add_passphrase_file(parser: argparse.ArgumentParser) -> None:
 
 
 def passphrase(args: argparse.Namespace) -> str:
-    """The key passphrase: from ``--passphrase-file`` or ``EDGESEAL_KEY_PASSPHRASE``.
-
-    Never a plain argument: command lines are visible to every user of the host.
-    """
-    path: Path | None = args.passphrase_file
-    if path is not None:
-        try:
-            with path.open("rb") as handle:
-                raw = handle.read(MAX_PASSPHRASE_FILE + 1)
-        except OSError as exc:
-            raise CLIError(f"cannot read passphrase file {path}: {exc.strerror}") from None
-        if len(raw) > MAX_PASSPHRASE_FILE:
-            raise CLIError(f"passphrase file {path} is too large")
-        text = raw.decode("utf-8", errors="strict").rstrip("\r\n")
-    else:
-        text = os.environ.get("EDGESEAL_KEY_PASSPHRASE", "")
-    if not text:
-        raise CLIError("no key passphrase: use --passphrase-file FILE or EDGESEAL_KEY_PASSPHRASE")
-    return text
+    """The officers' key passphrase: ``--passphrase-file`` or ``EDGESEAL_KEY_PASSPHRASE``."""
+    try:
+        return read_passphrase(args.passphrase_file).decode("utf-8")
+    except UnicodeDecodeError:
+        raise CLIError("the passphrase is not UTF-8 text") from None
 
 
 def cli_actor() -> str:

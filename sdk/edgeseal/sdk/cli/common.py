@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -65,3 +67,34 @@ def open_input(path: Path, what: str) -> BinaryIO:
         return Path(path).open("rb")
     except OSError as exc:
         raise CLIError(f"cannot read {what} {path}: {exc.strerror}") from exc
+
+
+#: A passphrase file holds one line; anything larger is not one.
+MAX_PASSPHRASE_FILE = 4096
+
+
+def read_passphrase(path: Path | None, *, prompt: str | None = None) -> bytes:
+    """A key passphrase: from ``path``, else ``EDGESEAL_KEY_PASSPHRASE``, else a prompt.
+
+    Never a plain argument: command lines are visible to every user of the host.
+    The prompt is offered only with ``prompt`` and a terminal on stdin.
+    """
+    if path is not None:
+        try:
+            with Path(path).open("rb") as handle:
+                data = handle.read(MAX_PASSPHRASE_FILE + 1)
+        except OSError as exc:
+            raise CLIError(f"cannot read the passphrase file {path}: {exc.strerror}") from exc
+        if len(data) > MAX_PASSPHRASE_FILE:
+            raise CLIError(f"{path} is too large to be a passphrase file")
+        secret = data.rstrip(b"\r\n")
+    elif os.environ.get("EDGESEAL_KEY_PASSPHRASE"):
+        secret = os.environ["EDGESEAL_KEY_PASSPHRASE"].encode()
+    elif prompt is not None and sys.stdin.isatty():
+        secret = getpass.getpass(prompt).encode()
+    else:
+        how = "--passphrase-file, set EDGESEAL_KEY_PASSPHRASE"
+        raise CLIError(f"no passphrase: give {how}" + (", or run in a terminal" if prompt else ""))
+    if not secret:
+        raise CLIError("an empty passphrase is not allowed")
+    return secret

@@ -11,17 +11,16 @@ release's target added (or removed, for a yank), at the next version
 from __future__ import annotations
 
 import argparse
-import getpass
 import hashlib
 import os
 import sys
 from pathlib import Path
 from typing import Any, Literal
 
+from edgeseal.sdk.cli import common
 from edgeseal.sdk.cli.common import CLIError, open_input
 from edgeseal.sdk.sealed import inspect_sealed_model
 
-MAX_PASSPHRASE_FILE = 4096
 MAX_ROOT_FILE = 1024 * 1024
 
 
@@ -65,24 +64,7 @@ def register(actions: Any, common: argparse.ArgumentParser) -> None:
 
 
 def read_passphrase(args: argparse.Namespace) -> bytes:
-    path: Path | None = args.passphrase_file
-    if path is not None:
-        try:
-            with path.open("rb") as handle:
-                data = handle.read(MAX_PASSPHRASE_FILE + 1)
-        except OSError as exc:
-            raise CLIError(f"cannot read the passphrase file {path}: {exc.strerror}") from exc
-        if len(data) > MAX_PASSPHRASE_FILE:
-            raise CLIError(f"{path} is too large to be a passphrase file")
-        return data.rstrip(b"\r\n")
-    env = os.environ.get("EDGESEAL_KEY_PASSPHRASE")
-    if env:
-        return env.encode()
-    if sys.stdin.isatty():
-        return getpass.getpass(f"passphrase for {args.key}: ").encode()
-    raise CLIError(
-        "no passphrase: give --passphrase-file, set EDGESEAL_KEY_PASSPHRASE, or run in a terminal"
-    )
+    return common.read_passphrase(args.passphrase_file, prompt=f"passphrase for {args.key}: ")
 
 
 def _local_sealed_model(path: Path) -> tuple[int, str, Any]:
