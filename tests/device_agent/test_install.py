@@ -17,14 +17,9 @@ from install_driver import Built, build_release
 
 from edgeseal.device_agent import install as install_mod
 from edgeseal.device_agent.errors import WrongHardwareError
-from edgeseal.device_agent.install import (
-    Installer,
-    InstallError,
-    NoActiveModelError,
-    StateBusyError,
-    TrialFailedError,
-)
+from edgeseal.device_agent.install import Installer, TrialFailedError
 from edgeseal.device_agent.rollback_floor import DowngradeError, VersionJumpError
+from edgeseal.device_agent.slot_state import InstallError, NoActiveModelError, StateBusyError
 from edgeseal.device_agent.slots import SlotContentError, SlotInfo
 from edgeseal.hardware.errors import PolicyCheckError
 from edgeseal.hardware.policy import SignedPCRPolicy, sign_pcr_policy

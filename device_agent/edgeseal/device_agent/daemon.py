@@ -46,15 +46,12 @@ from edgeseal.device_agent.config import AgentConfig
 from edgeseal.device_agent.errors import AgentError
 from edgeseal.device_agent.health import HealthCheckSpec, run_health_check
 from edgeseal.device_agent.inference import InferenceServer, ModelHolder, ModelInfo
-from edgeseal.device_agent.install import Installer, LoadedModel, installer_options
+from edgeseal.device_agent.install import Installer, installer_options
+from edgeseal.device_agent.slot_state import LoadedModel
 from edgeseal.device_agent.state import timestamp, utc_now, write_json
-from edgeseal.device_agent.updater import (
-    TUFClientFactory,
-    UpdateCancelledError,
-    Updater,
-    UpdateResult,
-    load_release_metadata,
-)
+from edgeseal.device_agent.update_outcome import UpdateResult
+from edgeseal.device_agent.update_records import load_release_metadata
+from edgeseal.device_agent.updater import TUFClientFactory, UpdateCancelledError, Updater
 from edgeseal.hardware.backend import KeyBackend, open_backend
 from edgeseal.hardware.policy import SignedPCRPolicy
 from edgeseal.hardware.profiles import load_profile

@@ -1,4 +1,9 @@
-"""The install transaction, recovery and boot fallback over the A/B model slots (RAUC order).
+"""The install transaction over the A/B model slots (RAUC order).
+
+Start-up, recovery, the boot-attempt fallback and manual rollback are in
+:mod:`~edgeseal.device_agent.recovery`; the slot state both work on (lock,
+state.json, slot.json, loading a slot, revert, floor) is in
+:mod:`~edgeseal.device_agent.slot_state`.
 
 Named steps, each calling :func:`~edgeseal.device_agent.faults.fault_point`
 first so the crash-injection tests can SIGKILL the agent there::
@@ -28,7 +33,8 @@ first so the crash-injection tests can SIGKILL the agent there::
 
 Crash anywhere before ``switch`` completes: ``previous`` state untouched, the
 target slot is bad or written, the next attempt redoes or resumes it. Crash
-after: :meth:`Installer.recover` finds the pending trial and reverts, unless
+after: :meth:`Installer.recover` (from
+:class:`~edgeseal.device_agent.recovery.BootRecovery`) finds the pending trial and reverts, unless
 the slot was already marked good (the health check passed), in which case it
 finishes ``mark-good``. Either way the device serves the old or the new good
 model, never anything else.
@@ -42,63 +48,42 @@ Anything older than the fallback is refused for good.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
-import os
 import re
-import secrets
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-from edgeseal.device_agent.audit import DeviceAuditLog
 from edgeseal.device_agent.config import AgentConfig
 from edgeseal.device_agent.errors import AgentError
 from edgeseal.device_agent.faults import fault_point
-from edgeseal.device_agent.rollback_floor import (
-    DEFAULT_MAX_STEP,
-    DEFAULT_NV_INDEX,
-    DowngradeError,
-    RollbackFloor,
+from edgeseal.device_agent.recovery import BootRecovery
+from edgeseal.device_agent.rollback_floor import DowngradeError
+from edgeseal.device_agent.slot_state import (
+    InstallError,
+    InstallResult,
+    describe_error,
 )
 from edgeseal.device_agent.slots import (
     DIGEST_ALGS,
     FileIdentity,
-    Slot,
     SlotInfo,
     check_sealed_file,
     copy_model,
     move_model,
-    open_slot,
     other_slot,
     seal_key,
     verify_written,
 )
-from edgeseal.device_agent.state import (
-    AUDIT_FILE,
-    LOCK_FILE,
-    SLOT_NAMES,
-    AgentState,
-    Clock,
-    Quarantine,
-    StateStore,
-    Trial,
-    timestamp,
-    utc_now,
-)
-from edgeseal.hardware.backend import KeyBackend
+from edgeseal.device_agent.state import SLOT_NAMES, AgentState, Trial
 from edgeseal.hardware.errors import HardwareError
-from edgeseal.hardware.policy import SignedPCRPolicy
 from edgeseal.sdk.errors import EdgesealError
 from edgeseal.sdk.sealed import ContentKey
 
 log = logging.getLogger(__name__)
 
 STEPS = ("mark-bad", "write", "verify-written", "switch", "trial", "mark-good")
-DEFAULT_BOOT_ATTEMPTS = 3
-DEFAULT_MAX_MODEL_BYTES = 512 * 1024 * 1024
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 #: Errors of a slot's contents or of the inputs (the slot is bad), as opposed to a crash.
 _EXPECTED = (AgentError, EdgesealError, HardwareError, OSError, ValueError)
@@ -106,25 +91,8 @@ _EXPECTED = (AgentError, EdgesealError, HardwareError, OSError, ValueError)
 Trial_ = Callable[[SlotInfo], None]
 
 
-class InstallError(AgentError):
-    """An install did not commit; state.json's last_error and the audit log say why."""
-
-    def __init__(self, message: str, *, step: str | None = None, txn: str | None = None):
-        super().__init__(message, field=step)
-        self.step = step
-        self.txn = txn
-
-
 class TrialFailedError(InstallError):
     """The new model failed its trial; the device was reverted to the previous slot."""
-
-
-class StateBusyError(AgentError):
-    """Another agent process holds the state directory."""
-
-
-class NoActiveModelError(AgentError):
-    """No slot is active (nothing was ever installed, or every slot went bad)."""
 
 
 @dataclass(frozen=True)
@@ -150,177 +118,12 @@ class Release:
             raise ValueError("release family and target_path must not be empty")
 
 
-class LoadedModel(NamedTuple):
-    """``(slot, plaintext)``; repr never shows the plaintext."""
+class Installer(BootRecovery):
+    """The install transaction over :class:`~edgeseal.device_agent.slot_state.SlotState`.
 
-    slot: SlotInfo
-    plaintext: bytes
-
-    def __repr__(self) -> str:
-        return f"LoadedModel({self.slot.describe()}, plaintext=<{len(self.plaintext)} bytes>)"
-
-
-@dataclass(frozen=True)
-class InstallResult:
-    outcome: str
-    txn: str
-    slot: str
-    family: str
-    version: int
-    at: str
-
-
-@dataclass(frozen=True)
-class RecoveryReport:
-    """What :meth:`Installer.recover` found and did."""
-
-    state: AgentState
-    actions: tuple[str, ...] = ()
-    quarantined: tuple[Quarantine, ...] = field(default=())
-
-
-class Installer:
-    """The slots, state.json, audit log and NV floor of one state directory."""
-
-    def __init__(
-        self,
-        state_dir: Path,
-        backend: KeyBackend,
-        approved_policy: SignedPCRPolicy,
-        hardware_class: str,
-        *,
-        now: Clock = utc_now,
-        nv_counter_index: int = DEFAULT_NV_INDEX,
-        max_version_step: int = DEFAULT_MAX_STEP,
-        boot_attempts: int = DEFAULT_BOOT_ATTEMPTS,
-        max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES,
-        new_txn: Callable[[], str] = lambda: secrets.token_hex(8),
-    ) -> None:
-        self.state_dir = Path(state_dir)
-        self._backend = backend
-        self._approved = approved_policy
-        self.hardware_class = hardware_class
-        self._now = now
-        self.boot_attempt_limit = boot_attempts
-        self.max_model_bytes = max_model_bytes
-        self._new_txn = new_txn
-        self.store = StateStore(self.state_dir, now=now)
-        self.store.create_layout()
-        self.audit = DeviceAuditLog(self.state_dir / AUDIT_FILE, now=now)
-        self.floor = RollbackFloor(backend, nv_counter_index, max_step=max_version_step)
-        self._slots = {name: Slot(self.state_dir, name) for name in SLOT_NAMES}
-        self.quarantined: list[Quarantine] = []
-
-    # -- reading state --------------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        fd = os.open(self.state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as exc:
-                raise StateBusyError(
-                    f"another agent process is using {self.state_dir} (lock {LOCK_FILE})"
-                ) from exc
-            yield
-        finally:
-            os.close(fd)
-
-    def _stamp(self) -> str:
-        return timestamp(self._now())
-
-    def slot_info(self, name: str) -> SlotInfo:
-        info, report = self._slots[name].read_info(self._now())
-        if report is not None:
-            self._report_quarantine(report)
-        return info
-
-    def _report_quarantine(self, report: Quarantine) -> None:
-        self.quarantined.append(report)
-        self.audit.append("state.quarantined", **report.to_json())
-
-    def read_state(self) -> AgentState:
-        """state.json; if corrupt it is quarantined and rebuilt from the good slots."""
-        state, report = self.store.load()
-        if state is not None:
-            return state
-        if report is not None:
-            self._report_quarantine(report)
-        good = sorted(
-            (i for i in map(self.slot_info, SLOT_NAMES) if i.good),
-            key=lambda i: (i.model_version or 0, i.installed_at or ""),
-            reverse=True,
-        )
-        if report is None and not good:
-            return AgentState()  # a new device: nothing installed yet
-        # Corrupt, or lost while slots hold good models: rebuild rather than drop them.
-        code, reason = ("state-missing", "state.json is missing")
-        if report is not None:
-            code, reason = ("state-corrupt", f"state.json was corrupt: {report.reason}")
-        state = AgentState(
-            active=good[0].name if good else None,
-            previous=good[1].name if len(good) > 1 else None,
-            last_error=self._error("recover", code, reason, None),
-        )
-        self.store.save(state)
-        self.audit.append("state.rebuilt", code=code, active=state.active, previous=state.previous)
-        log.error("%s; rebuilt from the slots: active slot %s", reason, state.active)
-        return state
-
-    def status(self) -> dict[str, Any]:
-        """state.json and every slot.json as JSON-ready values (no TPM needed)."""
-        state = self.read_state()
-        return {
-            "state": state.to_json(),
-            "slots": {name: self.slot_info(name).to_json() for name in SLOT_NAMES},
-            "quarantined": [q.to_json() for q in self.quarantined],
-        }
-
-    def _error(self, step: str, code: str, message: str, txn: str | None) -> dict[str, Any]:
-        return {"at": self._stamp(), "step": step, "code": code, "message": message, "txn": txn}
-
-    def _update(
-        self, outcome: str, txn: str | None, slot: SlotInfo | None, reason: str | None = None
-    ) -> dict[str, Any]:
-        return {
-            "outcome": outcome,
-            "txn": txn,
-            "at": self._stamp(),
-            "slot": None if slot is None else slot.name,
-            "family": None if slot is None else slot.family,
-            "model_version": None if slot is None else slot.model_version,
-            "target_path": None if slot is None else slot.target_path,
-            "reason": reason,
-        }
-
-    # -- loading --------------------------------------------------------------------------
-
-    def load_slot(self, name: str) -> LoadedModel:
-        """Unseal key.sealed, open model.esm in memory, check it: the trial and restart path."""
-        info = self.slot_info(name)
-        if info.model_version is not None:
-            self.floor.check(info.model_version, what=info.describe())
-        plaintext = open_slot(
-            self._slots[name],
-            info,
-            backend=self._backend,
-            approved=self._approved,
-            hardware_class=self.hardware_class,
-            max_bytes=self.max_model_bytes,
-        )
-        return LoadedModel(info, plaintext)
-
-    def load_active(self) -> LoadedModel:
-        """The active slot's model; needs no network and no envelope."""
-        state = self.read_state()
-        if state.active is None:
-            raise NoActiveModelError(f"no model is installed in {self.state_dir}")
-        info = self.slot_info(state.active)
-        in_trial = state.trial is not None and state.trial.slot == info.name
-        if not info.good and not in_trial:
-            raise NoActiveModelError(f"the active {info.describe()} is not good")
-        return self.load_slot(state.active)
+    Start-up, fallback and rollback come from
+    :class:`~edgeseal.device_agent.recovery.BootRecovery`.
+    """
 
     # -- the install transaction ----------------------------------------------------------
 
@@ -402,7 +205,7 @@ class Installer:
                 )
                 raise InstallError(
                     f"install of {release.family} v{release.version} failed at {step}: "
-                    f"{_describe(exc)}",
+                    f"{describe_error(exc)}",
                     step=step,
                     txn=txn,
                 ) from exc
@@ -411,7 +214,7 @@ class Installer:
             try:
                 trial(planned)
             except Exception as exc:  # any failure of the health check reverts
-                reason = f"trial of {planned.describe()} failed: {_describe(exc)}"
+                reason = f"trial of {planned.describe()} failed: {describe_error(exc)}"
                 self._revert(state, reason, "trial-failed", txn)
                 raise TrialFailedError(reason, step="trial", txn=txn) from exc
             return self._mark_good(state, planned, txn)
@@ -531,7 +334,7 @@ class Installer:
         exc: BaseException,
     ) -> None:
         code = "downgrade" if isinstance(exc, DowngradeError) else f"{step}-{outcome}"
-        message = _describe(exc)
+        message = describe_error(exc)
         log.error("install %s at %s: %s", outcome, step, message)
         self.store.save(
             replace(
@@ -541,180 +344,6 @@ class Installer:
             )
         )
         self.audit.append(f"install.{outcome}", txn=txn, step=step, code=code, message=message)
-
-    def _revert(self, state: AgentState, reason: str, code: str, txn: str | None) -> AgentState:
-        """Leave the trial slot bad and the previous good slot active."""
-        assert state.trial is not None
-        failed = self.slot_info(state.trial.slot)
-        self._slots[failed.name].write_info(SlotInfo(failed.name, "bad"))
-        back = state.previous
-        if back is not None and not self.slot_info(back).good:
-            back = None
-        new_state = AgentState(
-            active=back,
-            previous=None,
-            trial=None,
-            boot_attempts=0,
-            last_update=self._update("reverted", txn, failed, reason),
-            last_error=self._error("trial", code, reason, txn),
-        )
-        self.store.save(new_state)
-        self.audit.append(
-            "install.reverted", txn=txn, code=code, slot=failed.name, to=back, reason=reason
-        )
-        log.error("%s; reverted to slot %s", reason, back)
-        return new_state
-
-    def _floor_target(self, state: AgentState) -> int | None:
-        versions = [
-            info.model_version
-            for info in (self.slot_info(n) for n in (state.active, state.previous) if n)
-            if info.good and info.model_version is not None
-        ]
-        return min(versions) if versions else None
-
-    def _raise_floor(self, state: AgentState, txn: str | None) -> None:
-        target = self._floor_target(state)
-        if target is None:
-            return
-        try:
-            floor = self.floor.raise_to(target)
-        except (HardwareError, AgentError) as exc:
-            # Committed anyway; recover() raises the floor again at the next start.
-            log.warning("cannot raise the anti-rollback floor to %d: %s", target, _describe(exc))
-            self.audit.append("floor.failed", txn=txn, target=target, message=_describe(exc))
-            return
-        self.audit.append("floor.raised", txn=txn, floor=floor, target=target)
-
-    # -- start-up -------------------------------------------------------------------------
-
-    def recover(self) -> RecoveryReport:
-        """At start: settle a pending trial, check the active slot, re-raise the NV floor."""
-        with self._locked():
-            return self._recover()
-
-    def _recover(self) -> RecoveryReport:
-        actions: list[str] = []
-        state = self.read_state()
-        if state.trial is not None:
-            info = self.slot_info(state.trial.slot)
-            if info.good:
-                # The trial passed and mark-good had begun: finish it.
-                state = replace(
-                    state,
-                    trial=None,
-                    last_update=self._update("committed", None, info, "completed at restart"),
-                    last_error=None,
-                )
-                self.store.save(state)
-                self.audit.append("recover.completed", slot=info.name)
-                actions.append(f"completed the commit of {info.describe()}")
-            else:
-                reason = (
-                    f"the agent stopped during the trial of {info.describe()} "
-                    "(crash, kill or power cut)"
-                )
-                state = self._revert(state, reason, "trial-interrupted", None)
-                actions.append(f"reverted to slot {state.active}: {reason}")
-        if state.active is not None and not self.slot_info(state.active).good:
-            reason = f"the active {self.slot_info(state.active).describe()} is not good"
-            state, moved = self._fall_back(state, reason, "active-not-good")
-            actions.append(f"fell back to slot {state.active}" if moved else reason)
-        self._raise_floor(state, None)
-        return RecoveryReport(state, tuple(actions), tuple(self.quarantined))
-
-    def _fall_back(self, state: AgentState, reason: str, code: str) -> tuple[AgentState, bool]:
-        """Make the other slot active if it is good and allowed by the floor; mark this one bad."""
-        assert state.active is not None
-        current = state.active
-        other = self.slot_info(other_slot(current))
-        usable = other.good
-        if usable and other.model_version is not None:
-            try:
-                self.floor.check(other.model_version, what=other.describe())
-            except AgentError as exc:
-                log.warning("cannot fall back to %s: %s", other.describe(), _describe(exc))
-                usable = False
-        if not usable:
-            error = self._error("boot", code, f"{reason}; no good slot to fall back to", None)
-            state = replace(state, last_error=error)
-            self.store.save(state)
-            self.audit.append("boot.no-fallback", code=code, slot=current, reason=reason)
-            return state, False
-        self._slots[current].write_info(SlotInfo(current, "bad"))
-        state = AgentState(
-            active=other.name,
-            previous=None,
-            trial=None,
-            boot_attempts=0,
-            last_update=self._update("fell-back", None, other, reason),
-            last_error=self._error("boot", code, reason, None),
-        )
-        self.store.save(state)
-        self.audit.append("boot.fallback", code=code, frm=current, to=other.name, reason=reason)
-        log.error("%s: fell back to %s", reason, other.describe())
-        return state, True
-
-    def begin_boot(self) -> SlotInfo | None:
-        """Count a start attempt before loading; past the bound, fall back to the other slot.
-
-        Returns the slot to load (None when nothing is installed). Call
-        :meth:`boot_succeeded` once the model loaded and passed its startup check.
-        """
-        with self._locked():
-            state = self.read_state()
-            if state.active is None:
-                return None
-            attempts = state.boot_attempts + 1
-            if attempts > self.boot_attempt_limit:
-                reason = (
-                    f"slot {state.active} failed to start {state.boot_attempts} times "
-                    f"(limit {self.boot_attempt_limit})"
-                )
-                state, moved = self._fall_back(state, reason, "boot-attempts-exceeded")
-                attempts = 1 if moved else attempts
-            state = replace(state, boot_attempts=attempts)
-            self.store.save(state)
-            assert state.active is not None
-            return self.slot_info(state.active)
-
-    def boot_succeeded(self) -> None:
-        """The active model loaded and passed its startup check: reset the attempt counter."""
-        with self._locked():
-            state = self.read_state()
-            if state.boot_attempts:
-                self.store.save(replace(state, boot_attempts=0))
-
-    def start(self, check: Callable[[LoadedModel], None] | None = None) -> LoadedModel | None:
-        """The whole start-up: recover, count the attempt, load, check, reset the counter.
-
-        A model that fails to load or check for a reason of its own (integrity,
-        format, floor, check) makes the other good slot active at once; a TPM or
-        disk error is raised as is (both slots would fail alike), so a restart
-        retries and the boot-attempt bound decides.
-        """
-        self.recover()
-        for _ in SLOT_NAMES:
-            if self.begin_boot() is None:
-                return None
-            try:
-                loaded = self.load_active()
-                if check is not None:
-                    check(loaded)
-            except (HardwareError, OSError):
-                raise
-            except Exception as exc:  # a model failing any check falls back
-                with self._locked():
-                    state = self.read_state()
-                    _, moved = self._fall_back(
-                        state, f"the active model failed at start: {_describe(exc)}", "load-failed"
-                    )
-                if not moved:
-                    raise
-                continue
-            self.boot_succeeded()
-            return loaded
-        raise NoActiveModelError("no slot could be started")
 
     # -- outcomes decided before the transaction ---------------------------------------------
 
@@ -764,58 +393,6 @@ class Installer:
                 message=message,
             )
 
-    # -- manual rollback ------------------------------------------------------------------
-
-    def rollback(self) -> InstallResult:
-        """Go back to the previous good slot (operator action); the current one becomes bad."""
-        with self._locked():
-            state = self.read_state()
-            if state.trial is not None:
-                raise InstallError("a trial is pending: run recover() first", step="rollback")
-            if state.active is None:
-                raise NoActiveModelError("nothing is installed: there is nothing to roll back")
-            current = self.slot_info(state.active)
-            other = self.slot_info(other_slot(state.active))
-            if not other.good:
-                raise InstallError(
-                    f"cannot roll back: {other.describe()} is not a good model", step="rollback"
-                )
-            self.floor.check(other.model_version or 0, what=other.describe())
-            txn = self._new_txn()
-            self._slots[current.name].write_info(SlotInfo(current.name, "bad"))
-            reason = f"manual rollback from {current.describe()}"
-            update = self._update("rolled-back", txn, other, reason)
-            update["rolled_back_from"] = {
-                "family": current.family,
-                "model_version": current.model_version,
-                "sealed_sha256": current.sealed_sha256,
-            }
-            self.store.save(
-                AgentState(active=other.name, last_update=update, last_error=state.last_error)
-            )
-            self.audit.append(
-                "rollback.manual",
-                txn=txn,
-                frm=current.name,
-                to=other.name,
-                version=other.model_version,
-            )
-            return InstallResult(
-                "rolled-back",
-                txn,
-                other.name,
-                other.family or "",
-                other.model_version or 0,
-                self._stamp(),
-            )
-
-
-def _describe(exc: BaseException) -> str:
-    diagnostics = getattr(exc, "diagnostics", None)
-    if callable(diagnostics):
-        return str(diagnostics())
-    return f"{type(exc).__name__}: {exc}"
-
 
 def installer_options(config: AgentConfig) -> Mapping[str, Any]:
     """Installer keyword arguments from an :class:`~edgeseal.device_agent.config.AgentConfig`."""
@@ -829,14 +406,8 @@ def installer_options(config: AgentConfig) -> Mapping[str, Any]:
 
 __all__ = [
     "STEPS",
-    "InstallError",
-    "InstallResult",
     "Installer",
-    "LoadedModel",
-    "NoActiveModelError",
-    "RecoveryReport",
     "Release",
-    "StateBusyError",
     "TrialFailedError",
     "installer_options",
 ]

@@ -200,7 +200,7 @@ class HintScheduler:
 
 
 class CycleResult(Protocol):
-    """What :class:`~edgeseal.device_agent.updater.UpdateResult` offers telemetry."""
+    """What :class:`~edgeseal.device_agent.update_outcome.UpdateResult` offers telemetry."""
 
     @property
     def outcome(self) -> str: ...

@@ -18,7 +18,8 @@ from sqlalchemy.orm import Session
 from edgeseal.ota_server.auth import Principal, require_operator
 from edgeseal.ota_server.context import ServerContext
 from edgeseal.ota_server.db import DeviceRow, isotime
-from edgeseal.ota_server.releases import check_keys, device_public_key, envelopes_for_device
+from edgeseal.ota_server.publication import device_public_key, envelopes_for_device
+from edgeseal.ota_server.releases import check_keys
 from edgeseal.ota_server.service_errors import BadRequestError, ConflictError
 from edgeseal.sdk.hazmat.format import NAME_RULE, is_valid_name
 

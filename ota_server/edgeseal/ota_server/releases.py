@@ -10,7 +10,7 @@ version of the family's targets metadata (the proposal), release managers
 sign its canonical bytes on their own machines and post signatures; each is
 verified against the family's current delegation as it arrives, and when the
 threshold is met the server publishes the family metadata with a new snapshot
-and timestamp, then the device envelopes.
+and timestamp, then the device envelopes (:mod:`edgeseal.ota_server.publication`).
 
 Checks on upload, in order (verify before parse): exact size and SHA-256 as
 declared at creation, *then* parse the sealed header and compare it with the
@@ -28,13 +28,10 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import logging
 import re
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from securesystemslib.exceptions import FormatError as SecureSystemsLibFormatError
 from securesystemslib.formats import encode_canonical
 from sqlalchemy import select
@@ -49,8 +46,8 @@ from tuf.api.metadata import (
 from edgeseal.ota_server import db
 from edgeseal.ota_server.auth import Principal, require_release_manager
 from edgeseal.ota_server.context import ServerContext
-from edgeseal.ota_server.db import DeviceRow, ReleaseRow, isotime
-from edgeseal.ota_server.hints import publish_hint_in_background, release_hint
+from edgeseal.ota_server.db import ReleaseRow, isotime
+from edgeseal.ota_server.publication import publish_release, upload_file_for
 from edgeseal.ota_server.service_errors import (
     BadRequestError,
     ConflictError,
@@ -59,12 +56,10 @@ from edgeseal.ota_server.service_errors import (
 )
 from edgeseal.sdk.envelope import parse_envelope
 from edgeseal.sdk.errors import EdgesealError
-from edgeseal.sdk.hazmat.format import SealedModelHeader, decode_header, is_valid_name
+from edgeseal.sdk.hazmat.format import SealedModelHeader, is_valid_name
 from edgeseal.sdk.hazmat.stream import key_commitment
-from edgeseal.sdk.releases import ReleaseMetadata, envelope_target_path
+from edgeseal.sdk.releases import ReleaseMetadata
 from edgeseal.sdk.sealed import inspect_sealed_model
-
-logger = logging.getLogger(__name__)
 
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _CREATE_KEYS = frozenset(
@@ -217,11 +212,6 @@ def _decode_b64(value: Any, field: str) -> bytes:
         raise BadRequestError(f"{field} is not valid base64", field=field) from None
 
 
-def upload_file_for(ctx: ServerContext, release_id: str) -> Path:
-    """Where a release's checked sealed model waits for publication (not served)."""
-    return ctx.data.uploads / f"{release_id}.esm"
-
-
 def _pending_in_family(session: Session, family: str, except_id: str) -> ReleaseRow | None:
     return session.scalars(
         select(ReleaseRow).where(
@@ -363,50 +353,10 @@ def add_signature(
     if len(valid) >= delegation.threshold:
         for keyid in valid:
             proposal.signatures[keyid] = Signature(keyid, signatures[keyid])
-        details.update(_publish(ctx, session, row, proposal))
+        details.update(publish_release(ctx, session, row, proposal))
     answer = {"signatures": len(valid), "threshold": delegation.threshold, "state": row.state}
     details["state"] = row.state
     return answer, details
-
-
-def _publish(
-    ctx: ServerContext, session: Session, row: ReleaseRow, signed: Metadata[Targets]
-) -> dict[str, Any]:
-    now = ctx.now()
-    repo = ctx.repository
-    if row.state == db.AWAITING_SIGNATURES:
-        staged = upload_file_for(ctx, row.id)
-        added = repo.add_target_file(row.target_path, staged)
-        if added.length != row.sealed_size or added.hashes.get("sha256") != row.sealed_sha256:
-            raise ConflictError(f"the staged upload of {row.id} changed on disk; upload it again")
-        repo.publish_family(row.family, signed, now=now)
-        row.state = db.PUBLISHED
-        row.published = isotime(now)
-        staged.unlink(missing_ok=True)
-        # The release is public now; the database must say so even if the envelopes
-        # fail (devices then wait for them; the failure is in the log and the audit).
-        try:
-            envelopes = envelopes_for_release(ctx, session, row)
-            if envelopes:
-                repo.publish_envelopes(envelopes, now=now)
-        except EdgesealError as exc:
-            logger.exception("published %s but its envelopes failed", row.id)
-            return {"published": row.target_path, "envelope_error": exc.diagnostics()[:500]}
-        # An MQTT hint (never trusted, best effort, off this thread) makes devices check
-        # sooner, once their envelopes exist; only when ``run`` started a broker.
-        if ctx.hint_settings is not None:
-            publish_hint_in_background(
-                ctx.hint_settings, release_hint(row.family, row.version, now)
-            )
-        logger.info("published %s with %d envelopes", row.id, len(envelopes))
-        return {"published": row.target_path, "envelopes": len(envelopes)}
-    repo.publish_family(row.family, signed, now=now)
-    row.state = db.YANKED
-    published = published_envelope_paths(session, row)
-    if published:
-        repo.publish_envelopes({}, remove=published, now=now)
-    logger.info("yanked %s, removed %d envelopes", row.id, len(published))
-    return {"yanked": row.target_path, "envelopes_removed": len(published)}
 
 
 def yank_release(
@@ -423,63 +373,3 @@ def yank_release(
     _set_proposal(ctx, row, proposal, db.YANK_AWAITING_SIGNATURES)
     answer = {"id": row.id, "state": row.state, "proposal_version": row.proposal_version}
     return answer, {"release": row.id, "proposal_version": row.proposal_version}
-
-
-# --- envelopes ------------------------------------------------------------------------------
-
-
-def device_public_key(pem: str) -> ec.EllipticCurvePublicKey:
-    key = serialization.load_pem_public_key(pem.encode("ascii"))
-    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
-        raise BadRequestError("a device key must be a P-256 public key")
-    return key
-
-
-def _delivers_envelopes(row: ReleaseRow) -> bool:
-    return row.header is not None and row.custom.get("key_release", "envelope") == "envelope"
-
-
-def envelopes_for_release(
-    ctx: ServerContext, session: Session, row: ReleaseRow
-) -> dict[str, bytes]:
-    """Envelopes of one release for every device of a matching hardware class."""
-    if not _delivers_envelopes(row) or row.header is None:
-        return {}
-    devices = list(
-        session.scalars(select(DeviceRow).where(DeviceRow.hardware_class.in_(row.hardware)))
-    )
-    header = decode_header(row.header)
-    sealed = ctx.kek.reseal(
-        row.kek_envelope, header, [device_public_key(d.public_key_pem) for d in devices]
-    )
-    return {
-        envelope_target_path(d.id, row.family, row.version): env
-        for d, env in zip(devices, sealed, strict=True)
-    }
-
-
-def envelopes_for_device(
-    ctx: ServerContext, session: Session, device: DeviceRow
-) -> dict[str, bytes]:
-    """Envelopes for one (new) device of every published release of its hardware class."""
-    out: dict[str, bytes] = {}
-    rows = session.scalars(
-        select(ReleaseRow).where(ReleaseRow.state.in_((db.PUBLISHED, db.YANK_AWAITING_SIGNATURES)))
-    )
-    public_key = device_public_key(device.public_key_pem)
-    for row in rows:
-        if device.hardware_class not in row.hardware or not _delivers_envelopes(row):
-            continue
-        assert row.header is not None
-        (envelope,) = ctx.kek.reseal(row.kek_envelope, decode_header(row.header), [public_key])
-        out[envelope_target_path(device.id, row.family, row.version)] = envelope
-    return out
-
-
-def published_envelope_paths(session: Session, row: ReleaseRow) -> list[str]:
-    """The envelope paths published for a release: one per device of its hardware classes
-    (device add and publication write them in the same transaction as the device row)."""
-    if not _delivers_envelopes(row):
-        return []
-    devices = session.scalars(select(DeviceRow).where(DeviceRow.hardware_class.in_(row.hardware)))
-    return sorted(envelope_target_path(d.id, row.family, row.version) for d in devices)

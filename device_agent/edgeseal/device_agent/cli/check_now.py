@@ -36,7 +36,7 @@ def register(sub: Any) -> None:
 
 
 def _last_check(state_dir: Path) -> dict[str, Any] | None:
-    from edgeseal.device_agent.updater import LAST_CHECK_FILE
+    from edgeseal.device_agent.update_records import LAST_CHECK_FILE
 
     try:
         doc = read_json(state_dir / LAST_CHECK_FILE, LAST_CHECK_FILE)

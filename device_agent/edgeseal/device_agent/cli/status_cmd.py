@@ -25,7 +25,7 @@ from edgeseal.device_agent.state import (
     StateFormatError,
     read_json,
 )
-from edgeseal.device_agent.updater import LAST_CHECK_FILE
+from edgeseal.device_agent.update_records import LAST_CHECK_FILE
 
 
 def register(sub: Any) -> None:

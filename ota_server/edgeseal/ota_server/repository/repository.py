@@ -15,9 +15,7 @@ caller for the one call that needs them and are never stored; online keys
 from __future__ import annotations
 
 import copy
-import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import MappingProxyType
@@ -25,56 +23,35 @@ from typing import Any
 
 from securesystemslib.exceptions import UnverifiedSignatureError
 from securesystemslib.signer import CryptoSigner, Key, Signature, Signer
-from tuf.api.metadata import (
-    DelegatedRole,
-    Delegations,
-    Metadata,
-    Root,
-    Snapshot,
-    TargetFile,
-    Targets,
-    Timestamp,
-)
+from tuf.api.metadata import Metadata, Root, TargetFile, Targets
 
 from edgeseal.ota_server.errors import RepositoryStateError, SignatureError, UnknownFamilyError
 from edgeseal.ota_server.repository import delegations as fam
 from edgeseal.ota_server.repository import envelopes as env
-from edgeseal.ota_server.repository.expiry import Expiry, expires_at, needs_refresh, utc_now
-from edgeseal.ota_server.repository.freshness import next_snapshot, next_timestamp
+from edgeseal.ota_server.repository import refresh
+from edgeseal.ota_server.repository.create import create_repository
+from edgeseal.ota_server.repository.expiry import Expiry, expires_at, utc_now
 from edgeseal.ota_server.repository.layout import (
     ENVELOPES,
-    ENVELOPES_PATHS,
     target_blob_path,
     validate_family_name,
     validate_family_target,
     validate_target_path,
 )
-from edgeseal.ota_server.repository.rotation import first_root, next_root, signed_root
+from edgeseal.ota_server.repository.rotation import next_root, signed_root
 from edgeseal.ota_server.repository.signing import (
     check_role_keys,
-    load_online_signer,
     new_online_key,
     remove_online_key,
     require_threshold,
     sign,
     write_online_key,
 )
+from edgeseal.ota_server.repository.state import State, finish, load_state, online_signer
 from edgeseal.ota_server.repository.store import Changes, RepositoryStore
-
-logger = logging.getLogger(__name__)
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 DEFAULT_EXPIRY = Expiry()
-
-
-@dataclass(frozen=True)
-class _State:
-    """The published state, as a client would see it now."""
-
-    root: Metadata[Root]
-    timestamp: Metadata[Timestamp]
-    snapshot: Metadata[Snapshot]
-    targets: Metadata[Targets]
 
 
 class Repository:
@@ -114,93 +91,27 @@ class Repository:
         now: datetime | None = None,
     ) -> Repository:
         """Create version 1 of every role; generate the online keys into ``keys_dir``."""
-        now = utc_now(now)
-        store = RepositoryStore(Path(repo_dir))
-        if store.exists():
-            raise RepositoryStateError(f"a TUF repository already exists in {repo_dir}")
-        check_role_keys("root", root_keys, root_threshold)
-        check_role_keys("targets", targets_keys, targets_threshold)
-        online: dict[str, tuple[CryptoSigner, bytes]] = {
-            role: new_online_key() for role in ("snapshot", "timestamp", ENVELOPES)
-        }
-        root = first_root(
-            {
-                "root": (root_keys, root_threshold),
-                "targets": (targets_keys, targets_threshold),
-                "snapshot": ([online["snapshot"][0].public_key], 1),
-                "timestamp": ([online["timestamp"][0].public_key], 1),
-            },
-            now=now,
+        create_repository(
+            repo_dir,
+            keys_dir,
+            root_keys=root_keys,
+            root_threshold=root_threshold,
+            root_signers=root_signers,
+            targets_keys=targets_keys,
+            targets_threshold=targets_threshold,
+            targets_signers=targets_signers,
+            bin_bits=bin_bits,
             expiry=expiry,
+            now=utc_now(now),
         )
-        root_md = signed_root(None, root, root_signers)
-
-        env_signer = online[ENVELOPES][0]
-        env_key = env_signer.public_key
-        targets_md = Metadata(
-            Targets(
-                version=1,
-                expires=expires_at(now, expiry.targets),
-                delegations=Delegations(
-                    keys={env_key.keyid: env_key},
-                    roles={
-                        ENVELOPES: DelegatedRole(
-                            name=ENVELOPES,
-                            keyids=[env_key.keyid],
-                            threshold=1,
-                            terminating=True,
-                            paths=list(ENVELOPES_PATHS),
-                        )
-                    },
-                ),
-            )
-        )
-        sign(targets_md, targets_signers)
-        require_threshold(root, "targets", targets_md.signed_bytes, targets_md.signatures)
-
-        env_expires = expires_at(now, expiry.envelopes)
-        envelopes_md = Metadata(env.new_envelopes_role(env_key, bin_bits, env_expires))
-        sign(envelopes_md, [env_signer])
-        changes = Changes()
-        changes.put("root", root_md)
-        changes.put("targets", targets_md)
-        changes.put(ENVELOPES, envelopes_md)
-        for name in env.succinct_of(envelopes_md.signed).get_roles():
-            bin_md = Metadata(Targets(version=1, expires=env_expires))
-            sign(bin_md, [env_signer])
-            changes.put(name, bin_md)
-        snapshot_md = next_snapshot(
-            None, changes, now=now, expiry=expiry, signer=online["snapshot"][0]
-        )
-        snapshot_bytes = changes.put("snapshot", snapshot_md)
-        changes.put(
-            "timestamp",
-            next_timestamp(
-                None, 1, snapshot_bytes, now=now, expiry=expiry, signer=online["timestamp"][0]
-            ),
-        )
-
-        with store.locked():
-            if store.exists():
-                raise RepositoryStateError(f"a TUF repository already exists in {repo_dir}")
-            for role, (signer, pem) in online.items():
-                write_online_key(Path(keys_dir), role, signer.public_key.keyid, pem)
-            store.targets_dir.mkdir(parents=True, exist_ok=True)
-            store.commit(changes)
-        logger.info("created TUF repository in %s with %d bins", repo_dir, 2**bin_bits)
         return cls(Path(repo_dir), Path(keys_dir), expiry=expiry)
 
     # ------------------------------------------------------------------ reading
 
-    def _load(self) -> _State:
-        timestamp = self._store.timestamp()
-        snapshot = self._store.snapshot(timestamp)
-        targets = self._store.role(snapshot, "targets")
-        if targets is None:
-            raise RepositoryStateError("the snapshot lists no targets metadata")
-        return _State(self._store.root(), timestamp, snapshot, targets)
+    def _load(self) -> State:
+        return load_state(self._store)
 
-    def _role(self, state: _State, role: str) -> Metadata[Targets] | None:
+    def _role(self, state: State, role: str) -> Metadata[Targets] | None:
         return self._store.role(state.snapshot, role)
 
     def root_bytes(self) -> bytes:
@@ -225,43 +136,13 @@ class Repository:
     # ------------------------------------------------------------------ writing
 
     def _online_signer(self, role: str, root: Root, targets: Targets) -> CryptoSigner:
-        if role == ENVELOPES:
-            assert targets.delegations is not None and targets.delegations.roles is not None
-            keyid = targets.delegations.roles[ENVELOPES].keyids[0]
-        else:
-            keyid = root.roles[role].keyids[0]
-        return load_online_signer(self.keys_dir, role, keyid)
+        return online_signer(self.keys_dir, role, root, targets)
 
-    def _finish(self, state: _State, changes: Changes, now: datetime) -> None:
+    def _finish(self, state: State, changes: Changes, now: datetime) -> None:
         """Add a new snapshot and timestamp to ``changes`` and write them all."""
-        root = changes.mds["root"].signed if "root" in changes.mds else state.root.signed
-        targets = state.targets.signed
-        snapshot_md = next_snapshot(
-            state.snapshot.signed,
-            changes,
-            now=now,
-            expiry=self.expiry,
-            signer=self._online_signer("snapshot", root, targets),
-        )
-        snapshot_bytes = changes.put("snapshot", snapshot_md)
-        timestamp_md = next_timestamp(
-            state.timestamp.signed,
-            snapshot_md.signed.version,
-            snapshot_bytes,
-            now=now,
-            expiry=self.expiry,
-            signer=self._online_signer("timestamp", root, targets),
-        )
-        changes.put("timestamp", timestamp_md)
-        self._store.commit(changes)
-        logger.info(
-            "published snapshot v%d, timestamp v%d (%s)",
-            snapshot_md.signed.version,
-            timestamp_md.signed.version,
-            ", ".join(r for r in changes.roles() if r not in ("snapshot", "timestamp")) or "-",
-        )
+        finish(self._store, self.keys_dir, state, changes, expiry=self.expiry, now=now)
 
-    def _next_targets(self, state: _State, new: Targets, now: datetime) -> Targets:
+    def _next_targets(self, state: State, new: Targets, now: datetime) -> Targets:
         new.version = state.targets.signed.version + 1
         new.expires = expires_at(now, self.expiry.targets)
         return new
@@ -416,53 +297,7 @@ class Repository:
 
     def refresh_online(self, now: datetime | None = None) -> list[str]:
         """Re-sign online roles with less than half their lifetime left; return their names."""
-        now = utc_now(now)
-        fraction = self.expiry.refresh_fraction
-        with self._store.locked():
-            state = self._load()
-            changes = Changes()
-            signer: CryptoSigner | None = None
-            envelopes_md = self._role(state, ENVELOPES)
-            online_roles = [ENVELOPES]
-            if envelopes_md is not None:
-                online_roles += list(env.succinct_of(envelopes_md.signed).get_roles())
-            for role in online_roles:
-                md = self._role(state, role)
-                if md is None:
-                    continue
-                lifetime = self.expiry.lifetime(role)
-                if not needs_refresh(md.signed.expires, now, lifetime, fraction):
-                    continue
-                if signer is None:
-                    signer = self._online_signer(ENVELOPES, state.root.signed, state.targets.signed)
-                md.signed.version += 1
-                md.signed.expires = expires_at(now, lifetime)
-                sign(md, [signer])
-                changes.put(role, md)
-            refreshed = changes.roles()
-            snapshot_due = needs_refresh(
-                state.snapshot.signed.expires, now, self.expiry.snapshot, fraction
-            )
-            if changes.files or snapshot_due:
-                self._finish(state, changes, now)
-                return [*refreshed, "snapshot", "timestamp"]
-            if needs_refresh(state.timestamp.signed.expires, now, self.expiry.timestamp, fraction):
-                root, targets = state.root.signed, state.targets.signed
-                snapshot_bytes = self._store.read_bytes("snapshot", state.snapshot.signed.version)
-                changes.put(
-                    "timestamp",
-                    next_timestamp(
-                        state.timestamp.signed,
-                        state.snapshot.signed.version,
-                        snapshot_bytes,
-                        now=now,
-                        expiry=self.expiry,
-                        signer=self._online_signer("timestamp", root, targets),
-                    ),
-                )
-                self._store.commit(changes)
-                return ["timestamp"]
-            return []
+        return refresh.refresh_online(self._store, self.keys_dir, self.expiry, utc_now(now))
 
     def rotate_root(
         self,

@@ -1,0 +1,140 @@
+"""Publishing a release: its family metadata, then one key envelope per device.
+
+Once a release's proposal has its threshold of signatures, the staged sealed
+model becomes a TUF target, the family metadata is published with a new
+snapshot and timestamp, and the release's content key is resealed from its KEK
+envelope to every device of a matching hardware class (a device added later
+gets the envelopes of every published release when it is added). A yank
+publishes the family without the target and removes its envelopes.
+
+Runs inside the caller's database transaction, like :mod:`edgeseal.ota_server.releases`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from tuf.api.metadata import Metadata, Targets
+
+from edgeseal.ota_server import db
+from edgeseal.ota_server.context import ServerContext
+from edgeseal.ota_server.db import DeviceRow, ReleaseRow, isotime
+from edgeseal.ota_server.hints import publish_hint_in_background, release_hint
+from edgeseal.ota_server.service_errors import BadRequestError, ConflictError
+from edgeseal.sdk.errors import EdgesealError
+from edgeseal.sdk.hazmat.format import decode_header
+from edgeseal.sdk.releases import envelope_target_path
+
+logger = logging.getLogger(__name__)
+
+
+def upload_file_for(ctx: ServerContext, release_id: str) -> Path:
+    """Where a release's checked sealed model waits for publication (not served)."""
+    return ctx.data.uploads / f"{release_id}.esm"
+
+
+def publish_release(
+    ctx: ServerContext, session: Session, row: ReleaseRow, signed: Metadata[Targets]
+) -> dict[str, Any]:
+    """Publish (or yank) ``row`` with its ``signed`` family metadata; return audit details."""
+    now = ctx.now()
+    repo = ctx.repository
+    if row.state == db.AWAITING_SIGNATURES:
+        staged = upload_file_for(ctx, row.id)
+        added = repo.add_target_file(row.target_path, staged)
+        if added.length != row.sealed_size or added.hashes.get("sha256") != row.sealed_sha256:
+            raise ConflictError(f"the staged upload of {row.id} changed on disk; upload it again")
+        repo.publish_family(row.family, signed, now=now)
+        row.state = db.PUBLISHED
+        row.published = isotime(now)
+        staged.unlink(missing_ok=True)
+        # The release is public now; the database must say so even if the envelopes
+        # fail (devices then wait for them; the failure is in the log and the audit).
+        try:
+            envelopes = envelopes_for_release(ctx, session, row)
+            if envelopes:
+                repo.publish_envelopes(envelopes, now=now)
+        except EdgesealError as exc:
+            logger.exception("published %s but its envelopes failed", row.id)
+            return {"published": row.target_path, "envelope_error": exc.diagnostics()[:500]}
+        # An MQTT hint (never trusted, best effort, off this thread) makes devices check
+        # sooner, once their envelopes exist; only when ``run`` started a broker.
+        if ctx.hint_settings is not None:
+            publish_hint_in_background(
+                ctx.hint_settings, release_hint(row.family, row.version, now)
+            )
+        logger.info("published %s with %d envelopes", row.id, len(envelopes))
+        return {"published": row.target_path, "envelopes": len(envelopes)}
+    repo.publish_family(row.family, signed, now=now)
+    row.state = db.YANKED
+    published = published_envelope_paths(session, row)
+    if published:
+        repo.publish_envelopes({}, remove=published, now=now)
+    logger.info("yanked %s, removed %d envelopes", row.id, len(published))
+    return {"yanked": row.target_path, "envelopes_removed": len(published)}
+
+
+# --- envelopes ------------------------------------------------------------------------------
+
+
+def device_public_key(pem: str) -> ec.EllipticCurvePublicKey:
+    key = serialization.load_pem_public_key(pem.encode("ascii"))
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise BadRequestError("a device key must be a P-256 public key")
+    return key
+
+
+def _delivers_envelopes(row: ReleaseRow) -> bool:
+    return row.header is not None and row.custom.get("key_release", "envelope") == "envelope"
+
+
+def envelopes_for_release(
+    ctx: ServerContext, session: Session, row: ReleaseRow
+) -> dict[str, bytes]:
+    """Envelopes of one release for every device of a matching hardware class."""
+    if not _delivers_envelopes(row) or row.header is None:
+        return {}
+    devices = list(
+        session.scalars(select(DeviceRow).where(DeviceRow.hardware_class.in_(row.hardware)))
+    )
+    header = decode_header(row.header)
+    sealed = ctx.kek.reseal(
+        row.kek_envelope, header, [device_public_key(d.public_key_pem) for d in devices]
+    )
+    return {
+        envelope_target_path(d.id, row.family, row.version): env
+        for d, env in zip(devices, sealed, strict=True)
+    }
+
+
+def envelopes_for_device(
+    ctx: ServerContext, session: Session, device: DeviceRow
+) -> dict[str, bytes]:
+    """Envelopes for one (new) device of every published release of its hardware class."""
+    out: dict[str, bytes] = {}
+    rows = session.scalars(
+        select(ReleaseRow).where(ReleaseRow.state.in_((db.PUBLISHED, db.YANK_AWAITING_SIGNATURES)))
+    )
+    public_key = device_public_key(device.public_key_pem)
+    for row in rows:
+        if device.hardware_class not in row.hardware or not _delivers_envelopes(row):
+            continue
+        assert row.header is not None
+        (envelope,) = ctx.kek.reseal(row.kek_envelope, decode_header(row.header), [public_key])
+        out[envelope_target_path(device.id, row.family, row.version)] = envelope
+    return out
+
+
+def published_envelope_paths(session: Session, row: ReleaseRow) -> list[str]:
+    """The envelope paths published for a release: one per device of its hardware classes
+    (device add and publication write them in the same transaction as the device row)."""
+    if not _delivers_envelopes(row):
+        return []
+    devices = session.scalars(select(DeviceRow).where(DeviceRow.hardware_class.in_(row.hardware)))
+    return sorted(envelope_target_path(d.id, row.family, row.version) for d in devices)
