@@ -107,8 +107,9 @@ def main() -> int:
                 capture_output=True,
                 check=False,
             )
-    print("\n\033[1mdemo complete\033[0m: every step above ran against a real swtpm and a")
-    print("real TFLite interpreter; outputs in demo-out/")
+    print("\n\033[1mdemo complete\033[0m: every step above ran against a real swtpm, a real")
+    print("OTA server, real TUF metadata and a real TFLite interpreter;")
+    print("outputs in demo-out/")
     return 0
 
 
