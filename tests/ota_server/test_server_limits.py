@@ -129,7 +129,7 @@ def test_malformed_json_is_400(ota_server: RunningServer, raw: bytes) -> None:
 
 @pytest.mark.parametrize(
     "device_id",
-    ["..", "a/b", "a\x00b", "a\nb", ".hidden", "x" * 65, "", "dev 1"],
+    ["..", "a/b", "a\x00b", "a\nb", "dev\n", ".hidden", "x" * 65, "", "dev 1", "a:b"],
 )
 def test_bad_device_ids_are_refused(ota_server: RunningServer, device_id: str) -> None:
     body = {"id": device_id, "public_key_pem": device_key_pem()[1], "hardware_class": "rpi5",

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeseal.device_agent.errors import AgentError
+from edgeseal.sdk.releases import is_valid_device_id
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,6 @@ NV_OWNER_FIRST = 0x01500000
 NV_OWNER_LAST = 0x015FFFFF
 KEY_BACKEND_KINDS = ("device", "swtpm", "mssim", "tabrmd", "software", "emulated")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-#: The OTA server's rule (and the MQTT user name's): no ":" (mosquitto's password file).
-_DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 def _package_version() -> str:
@@ -283,7 +282,7 @@ def _validate(cfg: AgentConfig) -> None:
 
     if cfg.version != CONFIG_VERSION:
         raise bad("version", f"unsupported configuration version {cfg.version!r}")
-    if cfg.device_id and not _DEVICE_ID.match(cfg.device_id):
+    if cfg.device_id and not is_valid_device_id(cfg.device_id):
         raise bad("device_id", "1-128 of A-Z a-z 0-9 . _ : -, starting with a letter or digit")
     for key in ("family",):
         value = getattr(cfg, key)

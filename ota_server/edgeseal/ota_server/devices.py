@@ -22,8 +22,8 @@ from edgeseal.ota_server.publication import device_public_key, envelopes_for_dev
 from edgeseal.ota_server.releases import check_keys
 from edgeseal.ota_server.service_errors import BadRequestError, ConflictError
 from edgeseal.sdk.hazmat.format import NAME_RULE, is_valid_name
+from edgeseal.sdk.releases import is_valid_device_id
 
-DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 CHANNEL_RE = re.compile(r"^[a-z0-9-]{1,32}$")
 MAX_PEM = 4096
 _KEYS = frozenset({"id", "public_key_pem", "hardware_class", "channel"})
@@ -52,7 +52,7 @@ def add_device(
     check_keys(body, _KEYS)
     device_id, pem = body["id"], body["public_key_pem"]
     hardware_class, channel = body["hardware_class"], body["channel"]
-    if not isinstance(device_id, str) or not DEVICE_ID_RE.match(device_id):
+    if not is_valid_device_id(device_id):
         raise BadRequestError("device id must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", field="id")
     if not is_valid_name(hardware_class):
         raise BadRequestError(f"hardware_class must be {NAME_RULE}", field="hardware_class")
