@@ -102,6 +102,11 @@ def test_body_over_the_callers_limit_is_refused_from_the_header() -> None:
         ([{"dtype": "float32", "shape": [1] * (MAX_RANK + 1), "nbytes": 4}], "rank"),
         ([{"dtype": "float32", "shape": [2**31], "nbytes": 2**33}], "dimension"),
         ([{"dtype": "float32", "shape": [1], "nbytes": "4"}], "nbytes must be an integer"),
+        # empty, but numpy cannot index it: found by hypothesis
+        (
+            [{"dtype": "float32", "shape": [0, 91, 91, 50409, 50713, 108923], "nbytes": 0}],
+            "more than",
+        ),
     ],
 )
 def test_malformed_tensor_descriptions(tensors: object, message: str) -> None:

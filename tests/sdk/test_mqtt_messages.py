@@ -166,7 +166,7 @@ def test_telemetry_fields_are_checked(change: dict[str, Any], field: str) -> Non
 
 def test_largest_telemetry_fits_the_bound() -> None:
     telemetry = Telemetry(
-        device="d" * 128,
+        device="d" * 64,
         family="f" * 64,
         active_version=2**63 - 1,
         attempted_version=2**63 - 1,

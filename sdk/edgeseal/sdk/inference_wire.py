@@ -61,6 +61,8 @@ __all__ = [
 PREFIX_SIZE = 4
 MAX_HEADER_BYTES = 64 * 1024
 MAX_TENSORS = 64
+#: Elements one tensor may describe (the non-zero dimensions' product).
+MAX_ELEMENTS = 2**31 - 1
 MAX_RANK = 8
 MAX_DIM = 2**31 - 1  # TFLite shapes are int32
 # The closed list of dtypes on the wire; names are numpy's.
@@ -322,7 +324,12 @@ def _check_shape(dims: list[Any], position: int) -> tuple[int, ...]:
                 f"{field}: dimension {_short(dim)} is not an integer in 0..{MAX_DIM}",
                 field=field,
             )
-    return tuple(int(d) for d in dims)
+    shape = tuple(int(d) for d in dims)
+    # numpy refuses a shape whose non-zero dimensions multiply past its index range, even
+    # when another dimension is 0 and the tensor is empty: bound that product too.
+    if math.prod(d for d in shape if d) > MAX_ELEMENTS:
+        raise WireError(f"{field} {list(shape)} has more than {MAX_ELEMENTS} elements", field=field)
+    return shape
 
 
 def _is_int(value: object) -> bool:
