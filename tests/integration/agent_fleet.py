@@ -57,6 +57,15 @@ def agent_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def served(device: AgentDevice) -> np.ndarray:
+    """What the device's agent answers an application for the golden input."""
+    from edgeseal.sdk.inference import InferenceClient
+
+    with InferenceClient(device.socket) as client:
+        (out,) = client.run([GOLDEN_INPUT])
+    return out
+
+
 @dataclass
 class Published:
     version: int

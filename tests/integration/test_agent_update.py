@@ -17,18 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from agent_fleet import GOLDEN_INPUT, AgentDevice, fleet
+from agent_fleet import fleet, served
 
 from components import require_module
-from edgeseal.sdk.inference import InferenceClient
 
 pytestmark = [pytest.mark.swtpm, pytest.mark.tflite]
-
-
-def served(device: AgentDevice) -> np.ndarray:
-    with InferenceClient(device.socket) as client:
-        (out,) = client.run([GOLDEN_INPUT])
-    return out
 
 
 def test_update_refusals_and_restart_without_network(tmp_path: Path, swtpm_ca: Path) -> None:
