@@ -183,8 +183,12 @@ class Fleet:
         assert path.exists(), path
         return path
 
-    def add_device(self, name: str, ca_dir: Path) -> AgentDevice:
-        """An emulated device (running), provisioned with the agent CLI and enrolled."""
+    def add_device(self, name: str, ca_dir: Path, *, server_url: str | None = None) -> AgentDevice:
+        """An emulated device (running), provisioned with the agent CLI and enrolled.
+
+        ``server_url`` (default: the server's own) is where the agent fetches
+        from, e.g. a bandwidth-limiting proxy in ``bench/``.
+        """
         from edgeseal.device_agent.cli import main as agent_main
         from edgeseal.hardware.emulated import EmulatedDevice
 
@@ -203,7 +207,7 @@ class Fleet:
                 "--family",
                 FAMILY,
                 "--server",
-                self.server.base_url,
+                server_url or self.server.base_url,
                 "--root",
                 str(self.root),
                 "--state-dir",
