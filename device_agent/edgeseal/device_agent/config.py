@@ -25,6 +25,7 @@ Example::
     channel = "stable"
     metadata_url = "https://updates.example.com/tuf/metadata/"
     target_url = "https://updates.example.com/tuf/targets/"
+    console_port = "/dev/ttyS0"             # serial console for offline attestation (optional)
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ MAX_DROP_INS = 64
 #: Owner-range NV indices (TCG Registry of Reserved TPM 2.0 Handles), as the hardware layer.
 NV_OWNER_FIRST = 0x01500000
 NV_OWNER_LAST = 0x015FFFFF
+#: Serial line rates the console accepts (termios speeds common to USB-serial adapters).
+CONSOLE_BAUDS = (9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600, 1000000, 1500000)
 KEY_BACKEND_KINDS = ("device", "swtpm", "mssim", "tabrmd", "software", "emulated")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
@@ -117,6 +120,11 @@ class AgentConfig:
     #: stampede the server), and at most once per ``mqtt_hint_min_interval_s``.
     mqtt_hint_jitter_s: float = 30.0
     mqtt_hint_min_interval_s: float = 60.0
+    #: Serial console answering a field technician's attestation requests
+    #: (``edgeseal attest --port``); an absolute device path such as ``/dev/ttyS0``,
+    #: empty = no console. The agent's user needs read/write access (group dialout).
+    console_port: str = ""
+    console_baud: int = 115200
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -138,6 +146,7 @@ _INTS = {
     "boot_attempts",
     "nv_counter_index",
     "max_version_step",
+    "console_baud",
 }
 _FLOATS = {"poll_interval_s", "poll_jitter_s", "mqtt_hint_jitter_s", "mqtt_hint_min_interval_s"}
 
@@ -322,5 +331,9 @@ def _validate(cfg: AgentConfig) -> None:
             f"0x{cfg.nv_counter_index:08x} is outside the TPM owner NV range "
             f"0x{NV_OWNER_FIRST:08x}..0x{NV_OWNER_LAST:08x}",
         )
+    if cfg.console_port and (not cfg.console_port.startswith("/") or "\0" in cfg.console_port):
+        raise bad("console_port", f"{cfg.console_port!r} is not an absolute device path")
+    if cfg.console_baud not in CONSOLE_BAUDS:
+        raise bad("console_baud", f"{cfg.console_baud} is not one of {CONSOLE_BAUDS}")
     if not cfg.agent_version:
         raise bad("agent_version", "must not be empty")

@@ -18,6 +18,15 @@ Signals (handlers only set flags; the main thread acts between steps):
 * SIGUSR1 - run an update cycle now.
 * SIGHUP - reload the active slot (after ``edgeseal-agent rollback``).
 
+A boot outside the signed PCR policy (the TPM refuses the device key: the boot
+chain changed and no new policy was approved) does not stop the agent: it
+serves no model, says why in the log and ``daemon.json`` (``start_error``),
+and still answers attestation, so a technician can see which PCRs changed.
+
+With ``console_port`` set, a thread answers a field technician's attestation
+requests on that serial line (:mod:`~edgeseal.device_agent.console`); it shares
+the TPM with the update cycle through :class:`LockedBackend`.
+
 Files: ``STATE/agent.pid`` (for check-now/rollback to signal us) and
 ``STATE/daemon.json`` (what is served, the floor, the last cycle: read by
 ``status``, which must not open the TPM while we hold it - swtpm serves one
@@ -47,17 +56,21 @@ from edgeseal.device_agent.errors import AgentError
 from edgeseal.device_agent.health import HealthCheckSpec, run_health_check
 from edgeseal.device_agent.inference import InferenceServer, ModelHolder, ModelInfo
 from edgeseal.device_agent.install import Installer, installer_options
+from edgeseal.device_agent.locked_backend import LockedBackend
 from edgeseal.device_agent.slot_state import LoadedModel
+from edgeseal.device_agent.slots import SlotInfo
 from edgeseal.device_agent.state import timestamp, utc_now, write_json
 from edgeseal.device_agent.update_outcome import UpdateResult
 from edgeseal.device_agent.update_records import load_release_metadata
 from edgeseal.device_agent.updater import TUFClientFactory, UpdateCancelledError, Updater
 from edgeseal.hardware.backend import KeyBackend, open_backend
+from edgeseal.hardware.errors import PolicyCheckError
 from edgeseal.hardware.policy import SignedPCRPolicy
 from edgeseal.hardware.profiles import load_profile
 from edgeseal.sdk.runtime import TFLiteModel, load_model
 
-if TYPE_CHECKING:  # imported at run time only when MQTT is configured (idle memory)
+if TYPE_CHECKING:  # imported at run time only when MQTT / the console is configured
+    from edgeseal.device_agent.console import SerialConsole
     from edgeseal.device_agent.mqtt_link import HintScheduler, MQTTLink, MQTTLinkSettings
     from edgeseal.sdk.mqtt_messages import ReleaseHint
 
@@ -77,11 +90,17 @@ class DaemonError(AgentError):
 
 @dataclass(frozen=True)
 class KeySetup:
-    """The opened key backend, the signed PCR policy it needs, and the hardware class."""
+    """The opened key backend, the signed PCR policy it needs, and the hardware class.
+
+    ``backend`` is a :class:`LockedBackend`: the update cycle and the serial console
+    share one TPM connection, one call at a time. ``pcrs`` are the board profile's
+    policy PCRs (what an attestation quotes).
+    """
 
     backend: KeyBackend
     approved: SignedPCRPolicy
     hardware_class: str
+    pcrs: tuple[int, ...] = ()
 
 
 def open_key_setup(config: AgentConfig) -> KeySetup:
@@ -91,7 +110,13 @@ def open_key_setup(config: AgentConfig) -> KeySetup:
         from edgeseal.hardware.emulated import EmulatedDevice
 
         device = EmulatedDevice(device_dir)
-        return KeySetup(device.backend(), device.signed_policy(), device.profile.hardware_class)
+        profile = device.profile
+        return KeySetup(
+            LockedBackend(device.backend()),
+            device.signed_policy(),
+            profile.hardware_class,
+            profile.policy_pcrs,
+        )
     try:
         with config.pcr_policy_path.open("rb") as handle:
             data = handle.read(MAX_POLICY_BYTES + 1)
@@ -102,8 +127,19 @@ def open_key_setup(config: AgentConfig) -> KeySetup:
     if len(data) > MAX_POLICY_BYTES:
         raise DaemonError(f"{config.pcr_policy_path} is larger than any PCR policy")
     approved = SignedPCRPolicy.from_bytes(data)
-    hardware_class = load_profile(config.profile).hardware_class
-    return KeySetup(open_backend(config.key_backend), approved, hardware_class)
+    profile = load_profile(config.profile)
+    backend = LockedBackend(open_backend(config.key_backend))
+    return KeySetup(backend, approved, profile.hardware_class, profile.policy_pcrs)
+
+
+def open_config_backend(config: AgentConfig) -> KeyBackend:
+    """Just the key backend the config names (no PCR policy), shared through a lock."""
+    device_dir = config.emulated_device_dir
+    if device_dir is not None:
+        from edgeseal.hardware.emulated import EmulatedDevice
+
+        return LockedBackend(EmulatedDevice(device_dir).backend())
+    return LockedBackend(open_backend(config.key_backend))
 
 
 def make_installer(config: AgentConfig, keys: KeySetup) -> Installer:
@@ -163,9 +199,14 @@ class Daemon:
         self._reload = False
         self.holder = ModelHolder()
         self._serving: dict[str, Any] | None = None
+        #: What an attestation reports as served (replaced whole, read by the console thread).
+        self._attested_model: dict[str, Any] | None = None
+        self._installer: Installer | None = None
+        self._console: SerialConsole | None = None
         self._last: UpdateResult | None = None
         self._last_rollback: dict[str, Any] | None = None
         self._started = timestamp(utc_now())
+        self._start_error: str | None = None
         # MQTT release hints (never trusted: they only bring the next check forward) and
         # telemetry after each cycle; see edgeseal.device_agent.mqtt_link.
         self._mqtt = mqtt
@@ -209,12 +250,13 @@ class Daemon:
         server: InferenceServer | None = None
         try:
             installer = make_installer(self.config, keys)
+            self._installer = installer
             self._write_pid()
-            started = start_serving(installer, self.state_dir)
-            if started is None:
-                log.warning("no model installed yet: serving nothing until the first update")
-            else:
+            started = self._start_serving(installer)
+            if started is not None:
                 self._swap(*started)
+            elif self._start_error is None:
+                log.warning("no model installed yet: serving nothing until the first update")
             self._write_status(installer)
             server = InferenceServer(
                 self.config.socket_path,
@@ -237,8 +279,12 @@ class Daemon:
 
                 self._link = MQTTLink(self._mqtt, on_hint=self._on_hint, rng=self._rng)
                 self._link.start()
+            if self.config.console_port:
+                self._console = self._start_console(keys)
             self._loop(installer, updater)
         finally:
+            if self._console is not None:
+                self._console.stop()
             if self._link is not None:
                 self._link.stop()
             if server is not None:
@@ -247,6 +293,21 @@ class Daemon:
             self._remove_pid()
             (self.state_dir / DAEMON_FILE).unlink(missing_ok=True)
             log.info("agent stopped")
+
+    def _start_serving(self, installer: Installer) -> tuple[LoadedModel, TFLiteModel] | None:
+        """:func:`start_serving`, except that a boot outside the signed PCR policy leaves
+        the agent up and serving nothing: the key stays locked whatever a restart does,
+        and a technician must still be able to attest the device and see why."""
+        try:
+            return start_serving(installer, self.state_dir)
+        except PolicyCheckError as exc:
+            log.error(  # noqa: TRY400 - a refusal by the TPM, not a crash
+                "the device key is locked (%s): serving no model until the boot state "
+                "matches an approved PCR policy; attestation still answers",
+                exc.diagnostics(),
+            )
+            self._start_error = exc.diagnostics()
+            return None
 
     def _loop(self, installer: Installer, updater: Updater) -> None:
         # The first check too waits a whole interval plus jitter: a fleet powered on at
@@ -298,6 +359,12 @@ class Daemon:
                 "version": current.info.version,
                 "slot": state.active,
             }
+            try:
+                active = None if state.active is None else installer.slot_info(state.active)
+                self._attested_model = None if active is None else _attested_model(active)
+            except Exception:  # attestation then reports no model, never a stale one
+                log.exception("cannot read the new active slot's slot.json")
+                self._attested_model = None
         self._write_status(installer)
         if self._link is not None:
             serving = self._serving
@@ -336,6 +403,32 @@ class Daemon:
         version = loaded.slot.model_version or 0
         self.holder.swap(model, ModelInfo(family, version))
         self._serving = {"family": family, "version": version, "slot": loaded.slot.name}
+        self._attested_model = _attested_model(loaded.slot)
+
+    # -- serial console ---------------------------------------------------------------------
+
+    def _start_console(self, keys: KeySetup) -> SerialConsole:
+        from edgeseal.device_agent.console import AttestResponder, SerialConsole
+
+        responder = AttestResponder(keys.backend, keys.pcrs, self.attest_status)
+        console = SerialConsole(self.config.console_port, responder, baud=self.config.console_baud)
+        console.start()
+        return console
+
+    def attest_status(self) -> dict[str, Any]:
+        """The agent's part of an attestation answer (console thread): what it serves."""
+        floor: int | None = None
+        if self._installer is not None:
+            try:
+                floor = self._installer.floor.floor()
+            except Exception as exc:  # noqa: BLE001 - reported as unknown, never fatal
+                log.warning("cannot read the anti-rollback floor: %s", exc)
+        return {
+            "device_id": self.config.device_id,
+            "agent_version": self.config.agent_version,
+            "model": self._attested_model,
+            "floor": floor,
+        }
 
     # -- files ------------------------------------------------------------------------------
 
@@ -365,8 +458,22 @@ class Daemon:
             "floor": floor,
             "last_check": None if self._last is None else self._last.to_json(),
             "last_rollback": self._last_rollback,
+            "start_error": self._start_error,
         }
         write_json(self.state_dir / DAEMON_FILE, doc)
+
+
+def _attested_model(slot: SlotInfo) -> dict[str, Any] | None:
+    """The ``model`` of an attestation answer, from the served slot's slot.json."""
+    if slot.family is None:
+        return None
+    return {
+        "family": slot.family,
+        "version": slot.model_version,
+        "digest_alg": slot.digest_alg,
+        "plaintext_digest": slot.plaintext_digest,
+        "slot": slot.name,
+    }
 
 
 def read_pid(state_dir: Path) -> int | None:
@@ -406,6 +513,7 @@ __all__ = [
     "DaemonError",
     "KeySetup",
     "make_installer",
+    "open_config_backend",
     "open_key_setup",
     "read_pid",
     "signal_agent",

@@ -27,7 +27,7 @@ from edgeseal.device_agent.slot_state import (
 )
 from edgeseal.device_agent.slots import SlotInfo, other_slot
 from edgeseal.device_agent.state import SLOT_NAMES, AgentState, Quarantine
-from edgeseal.hardware.errors import HardwareError
+from edgeseal.hardware.errors import HardwareError, PolicyCheckError
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,8 @@ class BootRecovery(SlotState):
         A model that fails to load or check for a reason of its own (integrity,
         format, floor, check) makes the other good slot active at once; a TPM or
         disk error is raised as is (both slots would fail alike), so a restart
-        retries and the boot-attempt bound decides.
+        retries and the boot-attempt bound decides - except a boot outside the
+        signed PCR policy, which does not count as an attempt at all.
         """
         self.recover()
         for _ in SLOT_NAMES:
@@ -157,6 +158,12 @@ class BootRecovery(SlotState):
                 loaded = self.load_active()
                 if check is not None:
                     check(loaded)
+            except PolicyCheckError:
+                # The boot is outside the signed PCR policy: the TPM refuses the key
+                # whichever slot is tried and no model is at fault, so this start must
+                # not count towards falling back (that would mark good slots bad).
+                self.boot_succeeded()
+                raise
             except (HardwareError, OSError):
                 raise
             except Exception as exc:  # a model failing any check falls back

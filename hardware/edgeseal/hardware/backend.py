@@ -127,6 +127,35 @@ class KeyBackend(Protocol):
         """Flush transient objects and sessions a crashed process left in the TPM."""
         ...
 
+    # Attestation (docs/dev/attestation-contracts.md). Backends without a TPM raise
+    # AttestationUnsupportedError.
+
+    def create_attestation_key(self, *, replace: bool = False) -> bytes:
+        """Create the attestation key (AK), or return the existing one unless ``replace``.
+
+        Returns the AK's marshaled TPMT_PUBLIC (no TPM2B size prefix).
+        """
+        ...
+
+    def attestation_key_public(self) -> bytes:
+        """The AK's marshaled TPMT_PUBLIC (KeyNotFoundError if there is no AK)."""
+        ...
+
+    def quote(self, qualifying_data: bytes, pcrs: Sequence[int]) -> tuple[bytes, bytes]:
+        """Quote the SHA-256 PCRs ``pcrs`` with the AK: (marshaled TPMS_ATTEST, DER ECDSA).
+
+        ``qualifying_data`` (1..32 bytes, else ValueError) becomes the quote's extraData.
+        """
+        ...
+
+    def activate_credential(self, credential_blob: bytes, encrypted_secret: bytes) -> bytes:
+        """TPM2_ActivateCredential with the AK and the RSA EK; the credential's secret.
+
+        Inputs are a marshaled TPM2B_ID_OBJECT and TPM2B_ENCRYPTED_SECRET (with
+        their size prefixes). CredentialError when the TPM refuses the credential.
+        """
+        ...
+
 
 def check_nv_index(index: int) -> None:
     """Refuse NV indices outside the owner range this project defines counters in."""
@@ -186,7 +215,8 @@ def check_approved(
 def open_backend(spec: str, **options: int) -> KeyBackend:
     """Open the key backend named by ``spec`` (see the module docstring).
 
-    ``options`` go to :class:`TPMBackend` (``srk_handle``, ``device_key_handle``).
+    ``options`` go to :class:`TPMBackend` (``srk_handle``, ``device_key_handle``,
+    ``ak_handle``).
     """
     if spec.startswith(SOFTWARE_PREFIX):
         # Imported here: each backend pulls its own dependencies (tpm2-pytss is optional).

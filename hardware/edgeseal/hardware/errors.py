@@ -52,3 +52,14 @@ class PolicyFormatError(HardwareError):
 
 class KeyExistsError(HardwareError):
     """A key already exists where a new one was to be created (pass replace=True to rotate)."""
+
+
+class AttestationUnsupportedError(HardwareError):
+    """The backend cannot attest (no TPM), or the TPM's EK is of a kind not supported yet."""
+
+
+class CredentialError(HardwareError):
+    """The TPM refused a credential (MakeCredential blob) in TPM2_ActivateCredential.
+
+    The credential was made for another EK or another AK, or was corrupted on the way.
+    """

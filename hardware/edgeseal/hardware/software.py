@@ -36,6 +36,7 @@ from edgeseal.hardware.backend import (
     pcr_mismatch_message,
 )
 from edgeseal.hardware.errors import (
+    AttestationUnsupportedError,
     HardwareError,
     KeyExistsError,
     KeyNotFoundError,
@@ -53,6 +54,7 @@ from edgeseal.hardware.policy import (
 from edgeseal.hardware.tpm_blob import SealedBlob
 
 MARKER = "INSECURE software key backend"
+_NO_ATTESTATION = "attestation needs a TPM; the software backend has none"
 
 
 class _InsecureAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -340,3 +342,17 @@ class SoftwareBackend:
     def ek_certificates(self) -> list[bytes]:
         """A software backend has no endorsement key and so no EK certificate."""
         return []
+
+    # -- attestation: none without a TPM ---------------------------------------------------
+
+    def create_attestation_key(self, *, replace: bool = False) -> bytes:
+        raise AttestationUnsupportedError(_NO_ATTESTATION)
+
+    def attestation_key_public(self) -> bytes:
+        raise AttestationUnsupportedError(_NO_ATTESTATION)
+
+    def quote(self, qualifying_data: bytes, pcrs: Sequence[int]) -> tuple[bytes, bytes]:
+        raise AttestationUnsupportedError(_NO_ATTESTATION)
+
+    def activate_credential(self, credential_blob: bytes, encrypted_secret: bytes) -> bytes:
+        raise AttestationUnsupportedError(_NO_ATTESTATION)

@@ -12,6 +12,9 @@ TPM2_Unseal, the peer point and shared secret on TPM2_ECDH_ZGen.
 When the TPM refuses a policy, the backend compares the current PCR values
 with the ones the policy names and says which PCR changed. The TPM enforces;
 the comparison only writes the message.
+
+Attestation (the AK, quotes, ActivateCredential) lives in
+:mod:`edgeseal.hardware.tpm_attest`.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from tpm2_pytss.types import (
     TPMU_HA,
 )
 
-from edgeseal.hardware import tpm_nv
+from edgeseal.hardware import tpm_attest, tpm_nv
 from edgeseal.hardware import tpm_objects as obj
 from edgeseal.hardware.backend import (
     check_approved,
@@ -90,10 +93,12 @@ class TPMBackend:
         *,
         srk_handle: int = obj.SRK_HANDLE,
         device_key_handle: int = obj.DEVICE_KEY_HANDLE,
+        ak_handle: int = obj.AK_HANDLE,
     ) -> None:
         self.tcti = tcti
         self.srk_handle = srk_handle
         self.device_key_handle = device_key_handle
+        self.ak_handle = ak_handle
         self._srk_tr: ESYS_TR | None = None
         try:
             self._esapi: ESAPI | None = ESAPI(tcti)
@@ -442,3 +447,19 @@ class TPMBackend:
 
     def ek_certificates(self) -> list[bytes]:
         return tpm_nv.read_ek_certificates(self.esapi)
+
+    # -- attestation ----------------------------------------------------------------------
+
+    def create_attestation_key(self, *, replace: bool = False) -> bytes:
+        return tpm_attest.create_attestation_key(self.esapi, self.ak_handle, replace=replace)
+
+    def attestation_key_public(self) -> bytes:
+        return tpm_attest.attestation_key_public(self.esapi, self.ak_handle)
+
+    def quote(self, qualifying_data: bytes, pcrs: Sequence[int]) -> tuple[bytes, bytes]:
+        return tpm_attest.quote(self.esapi, self.ak_handle, qualifying_data, pcrs)
+
+    def activate_credential(self, credential_blob: bytes, encrypted_secret: bytes) -> bytes:
+        return tpm_attest.activate_credential(
+            self.esapi, self.ak_handle, credential_blob, encrypted_secret
+        )

@@ -9,7 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
 from tpm2_pytss.constants import (
     ESYS_TR,
     TPM2_ALG,
@@ -46,6 +49,8 @@ from edgeseal.hardware.policy import (
 # ECC NIST P-256 storage root key. The device key sits beside it in the owner range.
 SRK_HANDLE = 0x81000002
 DEVICE_KEY_HANDLE = 0x81000100
+# The same registry, 2.3.1: 0x81010000-0x8101FFFF holds endorsement-hierarchy keys.
+AK_HANDLE = 0x81010100
 
 # TCG EK Credential Profile 2.5, 2.2.1.5: EK certificate NV indices.
 EK_CERT_INDICES = {
@@ -53,6 +58,12 @@ EK_CERT_INDICES = {
     0x01C0000A: "ECC NIST P-256",
     0x01C00016: "ECC NIST P-384",
 }
+EK_RSA2048_CERT_INDEX = 0x01C00002
+# TCG EK Credential Profile 2.5, annex B: PolicySecret(TPM_RH_ENDORSEMENT), the authPolicy of
+# the low-range EK templates (L-1 is RSA 2048).
+EK_POLICY_SECRET_ENDORSEMENT = bytes.fromhex(
+    "837197674484b3f81a90cc8d46a5d724fd52d76e06520b64f2a1da1b331469aa"
+)
 
 # ESYS_TR of PCR n is ESYS_TR.PCR0 + n.
 _ESYS_TR_PCR0 = int(ESYS_TR.PCR0)
@@ -83,6 +94,48 @@ def device_key_template(auth_policy: bytes | None) -> TPM2B_PUBLIC:
         attrs |= TPMA_OBJECT.USERWITHAUTH
     return TPM2B_PUBLIC.parse(
         "ecc256:null:null", objectAttributes=attrs, nameAlg="sha256", authPolicy=auth_policy
+    )
+
+
+# The attestation key (docs/dev/attestation-contracts.md): a restricted signing key, so the
+# TPM signs only digests it computed itself (quotes, certifications), never a caller's
+# digest that mimics a TPMS_ATTEST (Part 1, "Restricted Signing Key").
+AK_ATTRS = (
+    _BASE_ATTRS
+    | TPMA_OBJECT.SENSITIVEDATAORIGIN
+    | TPMA_OBJECT.USERWITHAUTH
+    | TPMA_OBJECT.RESTRICTED
+    | TPMA_OBJECT.SIGN_ENCRYPT
+)
+
+
+def ak_template(unique: bytes) -> TPM2B_PUBLIC:
+    """ECC P-256 restricted signing key, ECDSA/SHA-256, symmetric and kdf NULL, empty policy.
+
+    The AK is a primary key, derived from the endorsement seed and this template
+    (Part 1, "Primary Keys"): ``unique`` (32 random bytes) makes each created AK a
+    new key. A signing key must have symmetric NULL (Part 2, 12.2.3.6 TPMS_ECC_PARMS).
+    """
+    public = TPM2B_PUBLIC.parse(
+        "ecc256:ecdsa-sha256:null", objectAttributes=AK_ATTRS, nameAlg="sha256"
+    )
+    public.publicArea.unique.ecc.x = unique
+    return public
+
+
+def is_attestation_key(area: TPMT_PUBLIC) -> bool:
+    """True if a public area has exactly the AK's type, attributes and scheme."""
+    if area.type != TPM2_ALG.ECC or area.nameAlg != TPM2_ALG.SHA256:
+        return False
+    detail = area.parameters.eccDetail
+    return bool(
+        int(area.objectAttributes) == int(AK_ATTRS)
+        and not bytes(area.authPolicy)
+        and detail.curveID == TPM2_ECC.NIST_P256
+        and detail.symmetric.algorithm == TPM2_ALG.NULL
+        and detail.scheme.scheme == TPM2_ALG.ECDSA
+        and detail.scheme.details.ecdsa.hashAlg == TPM2_ALG.SHA256
+        and detail.kdf.scheme == TPM2_ALG.NULL
     )
 
 
@@ -121,6 +174,16 @@ def ecdsa_signature(der: bytes) -> TPMT_SIGNATURE:
             )
         ),
     )
+
+
+def ecdsa_der(signature: TPMT_SIGNATURE) -> bytes:
+    """DER ECDSA (r, s) from an ECDSA/SHA-256 TPMT_SIGNATURE (the inverse of ecdsa_signature)."""
+    if signature.sigAlg != TPM2_ALG.ECDSA or signature.signature.ecdsa.hash != TPM2_ALG.SHA256:
+        raise TPMCommandError("the TPM returned a signature that is not ECDSA with SHA-256")
+    ecdsa = signature.signature.ecdsa
+    r = int.from_bytes(bytes(ecdsa.signatureR), "big")
+    s = int.from_bytes(bytes(ecdsa.signatureS), "big")
+    return encode_dss_signature(r, s)
 
 
 def ec_public_from_tpm(public: TPM2B_PUBLIC) -> ec.EllipticCurvePublicKey:

@@ -9,12 +9,14 @@ everything below takes the frozen dataclass.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from edgeseal.ota_server.service_errors import ConfigError
 from edgeseal.sdk.files import atomic_write
+from edgeseal.sdk.hazmat.format import NAME_RULE, is_valid_name
 
 CONFIG_VERSION = 1
 CONFIG_FILE = "server.toml"
@@ -24,6 +26,19 @@ REPOSITORY_DIR = "repository"
 UPLOADS_DIR = "uploads"
 AUDIT_HEAD_FILE = "audit-head.json"
 LOCK_FILE = "repository.lock"
+EK_CA_DIR = "ek-ca"
+
+#: PCRs a device quotes at enrollment, by hardware class (``"default"``: every other
+#: class). They must equal the ``[pcr] policy`` of the board profiles in
+#: ``hardware/edgeseal/hardware/profiles/*.toml`` - the server may not import those
+#: (layering), so ``server.toml`` repeats them. Today every profile uses 0, 4, 9, 15
+#: except ``x86_64`` (x86-dtpm), which adds PCR 7 (Secure Boot state).
+DEFAULT_ATTESTATION_PCRS: Mapping[str, tuple[int, ...]] = {
+    "default": (0, 4, 9, 15),
+    "x86_64": (0, 4, 7, 9, 15),
+}
+#: PCR indices of a TPM 2.0 PC Client platform (TCG PC Client PFP, 0..23).
+MAX_PCR_INDEX = 23
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -55,6 +70,10 @@ class ServerConfig:
     #: telemetry; 0 means no broker. It binds to ``mqtt_bind``.
     mqtt_port: int = 0
     mqtt_bind: str = "127.0.0.1"
+    #: The ``[attestation_pcrs]`` table: see :data:`DEFAULT_ATTESTATION_PCRS`.
+    attestation_pcrs: Mapping[str, tuple[int, ...]] = field(
+        default_factory=lambda: dict(DEFAULT_ATTESTATION_PCRS)
+    )
 
     def __post_init__(self) -> None:
         if self.version != CONFIG_VERSION:
@@ -63,9 +82,12 @@ class ServerConfig:
                 f"version {CONFIG_VERSION}",
                 field="version",
             )
+        object.__setattr__(self, "attestation_pcrs", _pcr_table(self.attestation_pcrs))
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name not in ("bind", "mqtt_bind") and (type(value) is not int or value < 0):
+            if f.name in _NON_INT_FIELDS:
+                continue
+            if type(value) is not int or value < 0:
                 raise ConfigError(f"{f.name} must be a non-negative integer", field=f.name)
         if not 1 <= self.port <= 65535 and self.port != 0:
             raise ConfigError("port must be 0..65535", field="port")
@@ -94,8 +116,45 @@ class ServerConfig:
     def to_toml(self) -> str:
         lines = ["# edgeseal OTA server configuration"]
         for key, value in asdict(self).items():
+            if key == "attestation_pcrs":
+                continue
             lines.append(f'{key} = "{value}"' if isinstance(value, str) else f"{key} = {value}")
+        lines += ["", "# PCRs quoted at enrollment, by hardware class (= the board profiles)"]
+        lines.append("[attestation_pcrs]")
+        for hardware_class, pcrs in sorted(self.attestation_pcrs.items()):
+            lines.append(f'"{hardware_class}" = [{", ".join(str(i) for i in pcrs)}]')
         return "\n".join(lines) + "\n"
+
+    def pcrs_for(self, hardware_class: str) -> tuple[int, ...]:
+        """The PCR indices a device of ``hardware_class`` quotes at enrollment."""
+        table = self.attestation_pcrs
+        return table.get(hardware_class, table["default"])
+
+
+_NON_INT_FIELDS = frozenset({"bind", "mqtt_bind", "attestation_pcrs"})
+
+
+def _pcr_table(value: object) -> dict[str, tuple[int, ...]]:
+    """The ``[attestation_pcrs]`` table, checked and normalized (sorted index tuples)."""
+    name = "attestation_pcrs"
+    if not isinstance(value, Mapping) or "default" not in value:
+        raise ConfigError(f"{name} must be a table with a 'default' entry", field=name)
+    table: dict[str, tuple[int, ...]] = {}
+    for hardware_class, pcrs in value.items():
+        if hardware_class != "default" and not is_valid_name(hardware_class):
+            raise ConfigError(f"{name}: a hardware class must be {NAME_RULE}", field=name)
+        if (
+            not isinstance(pcrs, list | tuple)
+            or not 1 <= len(pcrs) <= MAX_PCR_INDEX + 1
+            or any(type(i) is not int or not 0 <= i <= MAX_PCR_INDEX for i in pcrs)
+            or len(set(pcrs)) != len(pcrs)
+        ):
+            raise ConfigError(
+                f"{name}.{hardware_class} must list distinct PCR indices 0..{MAX_PCR_INDEX}",
+                field=f"{name}.{hardware_class}",
+            )
+        table[hardware_class] = tuple(sorted(pcrs))
+    return table
 
 
 @dataclass(frozen=True)
@@ -143,6 +202,11 @@ class DataDir:
     @property
     def lock_file(self) -> Path:
         return self.root / LOCK_FILE
+
+    @property
+    def ek_ca(self) -> Path:
+        """The EK CA certificates (PEM) enrollment trusts (``edgeseal-server ek-ca add``)."""
+        return self.root / EK_CA_DIR
 
     def create_dirs(self) -> None:
         """Create the directory tree with private permissions where it matters."""

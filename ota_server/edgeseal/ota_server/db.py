@@ -1,4 +1,4 @@
-"""The fleet database: tokens, releases, devices and the audit log (SQLAlchemy 2 ORM).
+"""The fleet database: tokens, releases, devices, attestation and the audit log (SQLAlchemy 2 ORM).
 
 SQLite by default (``DIR/server.db``); the same models run on PostgreSQL.
 Times are stored as ISO-8601 UTC text: the audit chain hashes them, so their
@@ -18,7 +18,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Integer, LargeBinary, String, Text, UniqueConstraint, event
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    event,
+)
 from sqlalchemy.engine import Engine, create_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -90,6 +100,43 @@ class DeviceRow(Base):
     hardware_class: Mapped[str] = mapped_column(String(64), index=True)
     channel: Mapped[str] = mapped_column(String(32))
     created: Mapped[str] = mapped_column(String(32))
+
+
+class DeviceAttestationRow(Base):
+    """A device's enrolled attestation key and its boot-state baseline (one per device).
+
+    A table of its own rather than columns of ``devices``: there are no schema
+    migrations, and ``create_all`` adds a new table to an existing database.
+    """
+
+    __tablename__ = "device_attestation"
+
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), primary_key=True)
+    #: The AK's marshaled TPMT_PUBLIC (docs/dev/attestation-contracts.md).
+    ak_public: Mapped[bytes] = mapped_column(LargeBinary)
+    ek_certificate_sha256: Mapped[str] = mapped_column(String(64))
+    pcr_bank: Mapped[str] = mapped_column(String(16))
+    #: PCR index (decimal string) -> value (hex), as quoted at enrollment.
+    pcrs: Mapped[dict[str, str]] = mapped_column(JSON)
+    enrolled: Mapped[str] = mapped_column(String(32))
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class EnrollmentChallengeRow(Base):
+    """An open enrollment handshake: what ``finish`` must prove (single use, short-lived)."""
+
+    __tablename__ = "enrollment_challenges"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), index=True)
+    ak_public: Mapped[bytes] = mapped_column(LargeBinary)
+    ek_certificate_sha256: Mapped[str] = mapped_column(String(64))
+    #: SHA-256 (hex) of the credential secret; the secret itself is never stored.
+    secret_sha256: Mapped[str] = mapped_column(String(64))
+    nonce: Mapped[bytes] = mapped_column(LargeBinary)
+    pcrs: Mapped[list[int]] = mapped_column(JSON)
+    created: Mapped[str] = mapped_column(String(32))
+    expires: Mapped[str] = mapped_column(String(32))
 
 
 class AuditRow(Base):

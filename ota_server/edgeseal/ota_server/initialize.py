@@ -1,4 +1,4 @@
-"""Create a server data directory: config, database, KEK, TUF repository, first admin token.
+"""Create a server data directory: config, database, KEK, bundle key, TUF repository, admin token.
 
 Used by ``edgeseal-server init`` and by tests that need a real server. The
 officers' signers are given by the caller (the CLI loads them from
@@ -16,6 +16,7 @@ from securesystemslib.signer import Key, Signer
 
 from edgeseal.ota_server.audit import ACCEPTED, AuditLog
 from edgeseal.ota_server.auth import ADMIN, create_token
+from edgeseal.ota_server.bundle_key import load_bundle_key
 from edgeseal.ota_server.config import DataDir, ServerConfig, write_config
 from edgeseal.ota_server.context import expiry_from_config
 from edgeseal.ota_server.db import Database
@@ -66,6 +67,7 @@ def initialize(
         now=now,
     )
     KeyEncryptionKey.generate(data.keys)
+    load_bundle_key(data.keys)  # creates the trust bundle key
     db = Database.open(data.db_file)
     try:
         db.create_all()

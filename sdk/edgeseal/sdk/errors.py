@@ -12,6 +12,10 @@ The split follows who is at fault, so a caller can react without parsing text:
   and helps nobody else. Details go to debug logs only (never key material).
 * :class:`EnvelopeError` - an HPKE key envelope is malformed, for another
   suite, or does not open for this device and this sealed model.
+* :class:`AttestationError` - attestation evidence (a TPM quote, an attestation
+  key, a credential, a trust bundle) does not check out. The message says
+  exactly which check failed: unlike a sealed model, this evidence is public and
+  the person reading the verdict needs to know what to look at.
 * :class:`SealError` - the caller asked to seal something that cannot be
   sealed as asked (invalid family name, model too large, source not seekable).
 
@@ -57,6 +61,10 @@ class IntegrityError(EdgesealError):
 
 class EnvelopeError(EdgesealError):
     """A key envelope is malformed, of an unsupported suite, or does not open."""
+
+
+class AttestationError(EdgesealError):
+    """Attestation evidence (quote, attestation key, trust bundle) does not check out."""
 
 
 class SealError(EdgesealError, ValueError):

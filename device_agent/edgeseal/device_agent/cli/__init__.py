@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from edgeseal.device_agent.cli import check_now as check_now
 from edgeseal.device_agent.cli import emulate as emulate
+from edgeseal.device_agent.cli import enroll_cmd as enroll_cmd
 from edgeseal.device_agent.cli import open_cmd as open_cmd
 from edgeseal.device_agent.cli import provision as provision
 from edgeseal.device_agent.cli import rollback_cmd as rollback_cmd
@@ -22,7 +23,16 @@ from edgeseal.device_agent.cli import run_cmd as run_cmd
 from edgeseal.device_agent.cli import status_cmd as status_cmd
 from edgeseal.sdk.cli.common import run_command
 
-_SUBCOMMANDS = (emulate, open_cmd, provision, run_cmd, status_cmd, check_now, rollback_cmd)
+_SUBCOMMANDS = (
+    emulate,
+    open_cmd,
+    provision,
+    enroll_cmd,
+    run_cmd,
+    status_cmd,
+    check_now,
+    rollback_cmd,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -72,6 +72,11 @@ def register(sub: Any) -> None:
     p.add_argument("--pcr-policy", type=Path, help="the signed PCR policy (real TPM)")
     p.add_argument("--poll-interval", type=float, default=3600.0, help="seconds between polls")
     p.add_argument("--poll-jitter", type=float, default=600.0, help="random extra seconds")
+    p.add_argument(
+        "--console-port",
+        default="",
+        help="serial console answering technicians' attestation requests (e.g. /dev/ttyS0)",
+    )
     p.add_argument("--force", action="store_true", help="overwrite an existing config file")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
@@ -163,6 +168,8 @@ def run(args: argparse.Namespace) -> int:
         "poll_interval_s": float(args.poll_interval),
         "poll_jitter_s": float(args.poll_jitter),
     }
+    if args.console_port:
+        values["console_port"] = args.console_port
     text = _toml(values)
     AgentConfig(**values)  # validate before writing
     config_path.parent.mkdir(parents=True, exist_ok=True)
@@ -189,4 +196,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"device public key: {key_path}")
         print("enroll the device on the server (fleet operator):")
         print(f"  {enroll}")
+        print("then enroll its attestation key (operator token in a file, agent stopped):")
+        print(f"  edgeseal-agent enroll --config {config_path} --token-file TOKEN_FILE")
     return 0

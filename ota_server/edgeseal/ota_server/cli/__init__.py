@@ -16,8 +16,10 @@ from collections.abc import Sequence
 from importlib.metadata import version
 from pathlib import Path
 
+from edgeseal.ota_server.cli import attest_cmd as attest_cmd
 from edgeseal.ota_server.cli import audit_cmd as audit_cmd
 from edgeseal.ota_server.cli import device_cmd as device_cmd
+from edgeseal.ota_server.cli import ek_ca_cmd as ek_ca_cmd
 from edgeseal.ota_server.cli import family_cmd as family_cmd
 from edgeseal.ota_server.cli import init_cmd as init_cmd
 from edgeseal.ota_server.cli import refresh_cmd as refresh_cmd
@@ -33,6 +35,8 @@ _SUBCOMMANDS = (
     token_cmd,
     family_cmd,
     device_cmd,
+    ek_ca_cmd,
+    attest_cmd,
     release_cmd,
     audit_cmd,
     refresh_cmd,

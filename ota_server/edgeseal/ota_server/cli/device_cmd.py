@@ -1,4 +1,4 @@
-"""``edgeseal-server device add``: register a device locally (without the HTTP API)."""
+"""``edgeseal-server device add|revoke|mqtt-credentials``: manage devices locally (no HTTP)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from edgeseal.ota_server.cli.common import add_json, cli_actor, open_context, print_json
 from edgeseal.ota_server.devices import MAX_PEM, add_device
+from edgeseal.ota_server.enrollment import revoke
 from edgeseal.sdk.cli.common import CLIError, open_input
 
 
@@ -28,6 +29,19 @@ def register(sub: Any) -> None:
     c.add_argument("--channel", default="stable", help="release channel (default stable)")
     add_json(c)
     c.set_defaults(func=run_add)
+    r: argparse.ArgumentParser = dsub.add_parser(
+        "revoke",
+        help="revoke an enrolled device: trust bundles then fail it",
+        description=(
+            "Mark the device's enrollment revoked. Trust bundles exported from now on list it "
+            "as revoked, so a technician's `edgeseal attest` fails it, and it cannot enroll "
+            "again. Export and hand out a fresh bundle. Envelopes of new releases are still "
+            "published for it."
+        ),
+    )
+    r.add_argument("--id", required=True, dest="device_id", help="device id")
+    add_json(r)
+    r.set_defaults(func=run_revoke)
     m: argparse.ArgumentParser = dsub.add_parser(
         "mqtt-credentials",
         help="create or rotate a device's MQTT broker password (release hints, telemetry)",
@@ -68,6 +82,29 @@ def run_add(args: argparse.Namespace) -> int:
         print_json(answer)
     else:
         print(f"device {args.device_id} added with {len(answer['envelopes'])} envelope(s)")
+    return 0
+
+
+def run_revoke(args: argparse.Namespace) -> int:
+    ctx = open_context(args)
+    try:
+
+        def work(session: Session) -> tuple[Any, dict[str, Any]]:
+            record = revoke(session, args.device_id)
+            return record, {"device": record.device_id}
+
+        ctx.mutate(
+            actor=cli_actor(),
+            action="device.revoke",
+            target=f"devices/{args.device_id}",
+            work=work,
+        )
+    finally:
+        ctx.close()
+    if args.json:
+        print_json({"id": args.device_id, "revoked": True})
+    else:
+        print(f"device {args.device_id} revoked; export a fresh trust bundle for technicians")
     return 0
 
 

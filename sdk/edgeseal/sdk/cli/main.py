@@ -11,16 +11,19 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from edgeseal.sdk.cli import inspect_cmd, keygen_cmd, release_cmd, seal_cmd
+from edgeseal.sdk.cli import attest_cmd, inspect_cmd, keygen_cmd, release_cmd, seal_cmd
 from edgeseal.sdk.cli.common import run_command
 
-_SUBCOMMANDS = (keygen_cmd, seal_cmd, inspect_cmd, release_cmd)
+_SUBCOMMANDS = (keygen_cmd, seal_cmd, inspect_cmd, release_cmd, attest_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgeseal",
-        description="edgeseal: seal models for edge devices and manage their releases.",
+        description=(
+            "edgeseal: seal models for edge devices, manage their releases and attest "
+            "devices in the field."
+        ),
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more output")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -1,0 +1,345 @@
+"""``edgeseal-agent enroll``, the device's side, against a small fake server on loopback.
+
+The device is a real emulated one (swtpm with an EK certificate from the test
+CA); the fake server does what the contract says the OTA server does with the
+sdk's pure building blocks (MakeCredential to the EK from the certificate,
+verify the quote over its nonce) and checks the shape of every request. The
+full agent-against-the-real-server flow is tests/integration/test_attestation_e2e.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import logging
+import secrets
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
+from edgeseal.device_agent.cli import main as agent_main
+from edgeseal.device_agent.enroll import (
+    ENROLLMENT_FILE,
+    EnrollChallenge,
+    EnrollmentError,
+    select_ek_certificate,
+)
+from edgeseal.hardware.emulated import EmulatedDevice
+from edgeseal.sdk.credential import make_credential
+from edgeseal.sdk.errors import AttestationError
+from edgeseal.sdk.quote import verify_quote
+from edgeseal.sdk.tpm_wire import tpm_name
+
+TOKEN = "op-" + "t0k3n" * 8
+PROFILE_PCRS = [0, 4, 9, 15]
+
+
+# --- the fake server --------------------------------------------------------------------------
+
+
+@dataclass
+class FakeServer:
+    """What the OTA server's enrollment routes do, in a few lines; ``mode`` injects refusals."""
+
+    url: str = ""
+    mode: str = "ok"
+    requests: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    challenges: dict[str, dict[str, Any]] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    def start(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if set(body) != {"device_id", "ek_certificate", "ak_public"}:
+            self.problems.append(f"start body keys {sorted(body)}")
+        if self.mode == "refuse-start":
+            return 403, {"error": {"code": "ek_untrusted", "message": "EK chain not trusted"}}
+        ek_cert = x509.load_der_x509_certificate(base64.b64decode(body["ek_certificate"]))
+        ek_public = ek_cert.public_key()
+        assert isinstance(ek_public, rsa.RSAPublicKey)
+        ak_public = base64.b64decode(body["ak_public"])
+        name = tpm_name(ak_public)
+        if self.mode == "wrong-name":  # a credential for some other object: the TPM refuses
+            name = name[:2] + secrets.token_bytes(32)
+        secret, nonce = secrets.token_bytes(32), secrets.token_bytes(32)
+        blob, encrypted = make_credential(ek_public, name, secret)
+        challenge_id = secrets.token_hex(8)
+        self.challenges[challenge_id] = {"secret": secret, "nonce": nonce, "ak_public": ak_public}
+        self.challenges[challenge_id]["device_id"] = body["device_id"]
+        return 200, {
+            "challenge_id": challenge_id,
+            "credential_blob": base64.b64encode(blob).decode(),
+            "encrypted_secret": base64.b64encode(encrypted).decode(),
+            "nonce": nonce.hex(),
+            "pcrs": PROFILE_PCRS,
+        }
+
+    def finish(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if set(body) != {"challenge_id", "secret", "pcrs", "quote"} or set(body["quote"]) != {
+            "attest",
+            "signature",
+        }:
+            self.problems.append(f"finish body keys {sorted(body)}")
+        challenge = self.challenges.pop(body["challenge_id"])
+        if base64.b64decode(body["secret"]) != challenge["secret"]:
+            return 403, {"error": {"code": "wrong_secret", "message": "wrong credential secret"}}
+        pcrs = {int(i): bytes.fromhex(v) for i, v in body["pcrs"].items()}
+        if sorted(pcrs) != PROFILE_PCRS:
+            self.problems.append(f"quoted PCRs {sorted(pcrs)}")
+        try:
+            verify_quote(
+                base64.b64decode(body["quote"]["attest"]),
+                base64.b64decode(body["quote"]["signature"]),
+                challenge["ak_public"],
+                qualifying_data=challenge["nonce"],
+                pcrs=pcrs,
+            )
+        except AttestationError as exc:
+            return 400, {"error": {"code": "bad_quote", "message": exc.message}}
+        return 200, {"device_id": challenge["device_id"], "enrolled": True}
+
+
+def _handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+                server.problems.append("missing or wrong bearer token")
+            if self.headers.get("Content-Type") != "application/json":
+                server.problems.append(f"content type {self.headers.get('Content-Type')}")
+            length = int(self.headers["Content-Length"])
+            body = json.loads(self.rfile.read(length))
+            server.requests.append((self.path, body))
+            routes = {"/v1/enroll/start": server.start, "/v1/enroll/finish": server.finish}
+            status, answer = routes[self.path](body) if self.path in routes else (404, {})
+            data = json.dumps(answer).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    return Handler
+
+
+@pytest.fixture
+def fake_server() -> Iterator[FakeServer]:
+    server = FakeServer()
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(server))
+    server.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+# --- the device -------------------------------------------------------------------------------
+
+
+@dataclass
+class Device:
+    emulated: EmulatedDevice
+    config: Path
+    token_file: Path
+    state_dir: Path
+
+
+@pytest.fixture
+def device(tmp_path: Path, swtpm_ca: Path, fake_server: FakeServer) -> Iterator[Device]:
+    emulated = EmulatedDevice.create(
+        tmp_path / "dev", device_id="enroll-1", ca_dir=swtpm_ca, running=True
+    )
+    try:
+        state_dir = tmp_path / "state"
+        config = tmp_path / "agent.toml"
+        config.write_text(
+            "version = 1\n"
+            'device_id = "enroll-1"\n'
+            f'state_dir = "{state_dir}"\n'
+            f'key_backend = "emulated:{emulated.state_dir}"\n'
+            'profile = "emulated"\n'
+            f'server_url = "{fake_server.url}"\n'
+        )
+        token_file = tmp_path / "operator.token"
+        token_file.write_text(TOKEN + "\n")
+        token_file.chmod(0o600)
+        yield Device(emulated, config, token_file, state_dir)
+    finally:
+        emulated.stop()
+
+
+def enroll(dev: Device, *extra: str) -> int:
+    return agent_main(
+        ["enroll", "--config", str(dev.config), "--token-file", str(dev.token_file), *extra]
+    )
+
+
+@pytest.mark.swtpm
+def test_enroll_runs_the_handshake_and_records_it(
+    device: Device,
+    fake_server: FakeServer,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    assert enroll(device) == 0
+    out = capsys.readouterr()
+    assert fake_server.problems == []
+    assert [path for path, _ in fake_server.requests] == ["/v1/enroll/start", "/v1/enroll/finish"]
+    start = fake_server.requests[0][1]
+    assert start["device_id"] == "enroll-1"
+    ak_public = base64.b64decode(start["ak_public"])
+
+    record = json.loads((device.state_dir / ENROLLMENT_FILE).read_text())
+    assert record["enrolled"] is True and record["device_id"] == "enroll-1"
+    assert record["ak_name"] == tpm_name(ak_public).hex()
+    assert record["server"] == fake_server.url
+    assert sorted(int(i) for i in record["pcrs"]) == PROFILE_PCRS
+    with device.emulated.backend() as backend:
+        assert backend.attestation_key_public() == ak_public
+        values = backend.pcr_read(PROFILE_PCRS)
+    assert record["pcrs"] == {str(i): values.digests[i].hex() for i in PROFILE_PCRS}
+    assert "enrolled enroll-1" in out.out and "created" in out.out
+    # the token is never printed nor logged
+    assert TOKEN not in out.out + out.err + caplog.text
+
+    # a second enrollment (e.g. after the server lost it) reuses the AK in the TPM
+    assert enroll(device, "--json") == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["ak_created"] is False and again["ak_name"] == record["ak_name"]
+
+
+@pytest.mark.swtpm
+def test_a_server_refusal_is_reported_with_its_message(
+    device: Device, fake_server: FakeServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_server.mode = "refuse-start"
+    assert enroll(device) == 1
+    err = capsys.readouterr().err
+    assert "refused the enrollment" in err and "EK chain not trusted" in err
+    assert not (device.state_dir / ENROLLMENT_FILE).exists()
+
+
+@pytest.mark.swtpm
+def test_a_credential_for_another_key_is_refused_by_the_tpm(
+    device: Device, fake_server: FakeServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_server.mode = "wrong-name"
+    assert enroll(device) == 1
+    assert "TPM refused" in capsys.readouterr().err
+    assert [path for path, _ in fake_server.requests] == ["/v1/enroll/start"]
+    assert not (device.state_dir / ENROLLMENT_FILE).exists()
+
+
+def test_enroll_refuses_while_the_agent_runs(
+    tmp_path: Path, fake_server: FakeServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'version = 1\ndevice_id = "d1"\nstate_dir = "{state_dir}"\n'
+        f'key_backend = "software:{tmp_path / "keys"}"\nserver_url = "{fake_server.url}"\n'
+    )
+    token = tmp_path / "t"
+    token.write_text(TOKEN)
+    # a live process that looks like the agent (read_pid checks the command line)
+    agent = subprocess.Popen(["sh", "-c", "sleep 30", "edgeseal-agent"])
+    try:
+        (state_dir / "agent.pid").write_text(f"{agent.pid}\n")
+        code = agent_main(["enroll", "--config", str(config), "--token-file", str(token)])
+    finally:
+        agent.kill()
+        agent.wait()
+    assert code == 1
+    assert "stop it first" in capsys.readouterr().err
+    assert fake_server.requests == []
+
+
+@pytest.mark.parametrize(("text", "match"), [("", "one token line"), ("a\nb\n", "one token line")])
+def test_token_file_must_hold_one_token(
+    tmp_path: Path, text: str, match: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'version = 1\ndevice_id = "d1"\nstate_dir = "{tmp_path}"\n'
+        'server_url = "http://127.0.0.1:9"\n'
+    )
+    token = tmp_path / "t"
+    token.write_text(text)
+    assert agent_main(["enroll", "--config", str(config), "--token-file", str(token)]) == 1
+    assert match in capsys.readouterr().err
+
+
+# --- pure pieces ------------------------------------------------------------------------------
+
+
+def _cert(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ek")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(Encoding.DER)
+
+
+def test_select_ek_certificate_picks_rsa_2048() -> None:
+    ecc = _cert(ec.generate_private_key(ec.SECP256R1()))
+    rsa2048 = _cert(rsa.generate_private_key(65537, 2048))
+    assert select_ek_certificate([ecc, b"garbage", rsa2048]) == rsa2048
+    with pytest.raises(EnrollmentError, match="ECC EKs are not supported"):
+        select_ek_certificate([ecc])
+    with pytest.raises(EnrollmentError, match="no EK certificate"):
+        select_ek_certificate([])
+
+
+GOOD_CHALLENGE = {
+    "challenge_id": "c-1",
+    "credential_blob": base64.b64encode(b"\0" * 70).decode(),
+    "encrypted_secret": base64.b64encode(b"\0" * 258).decode(),
+    "nonce": "ab" * 32,
+    "pcrs": [15, 0, 4, 9],
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"nonce": "ab" * 33}, "nonce"),
+        ({"nonce": "xyz"}, "nonce"),
+        ({"pcrs": [0, 24]}, "PCR"),
+        ({"pcrs": []}, "PCR"),
+        ({"pcrs": [0, 0]}, "PCR"),
+        ({"pcrs": [True]}, "PCR"),
+        ({"credential_blob": "%%%"}, "base64"),
+        ({"encrypted_secret": base64.b64encode(b"\0" * 5000).decode()}, "encrypted_secret"),
+        ({"challenge_id": "../x y"}, "challenge id"),
+    ],
+)
+def test_challenge_from_the_server_is_checked(change: dict[str, Any], match: str) -> None:
+    assert EnrollChallenge.from_json(GOOD_CHALLENGE).pcrs == (0, 4, 9, 15)
+    with pytest.raises(EnrollmentError, match=match):
+        EnrollChallenge.from_json({**GOOD_CHALLENGE, **change})

@@ -1,0 +1,152 @@
+"""Enrollment and the technician's offline attestation, end to end through the real commands.
+
+An emulated device on swtpm (EK certificate from the test fleet's local CA)
+is enrolled with ``edgeseal-agent enroll`` against the real OTA server on
+loopback (credential activation in the TPM, a quote of its boot PCRs); the
+operator exports a signed trust bundle with ``edgeseal-server attest``; the
+running agent answers on one end of a real socat pty pair and the
+technician's ``edgeseal attest`` on the other end checks it offline.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from agent_fleet import AGENT, BIN, AgentDevice, Fleet, agent_env, fleet
+
+from components import require_executable
+from edgeseal.hardware.localca import LocalCA
+from edgeseal.hardware.serial_link import SerialLink
+
+SERVER = str(BIN / "edgeseal-server")
+TECHNICIAN = str(BIN / "edgeseal")
+
+
+def run(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        list(argv), env=env or agent_env(), capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def server_cli(f: Fleet, *argv: str) -> subprocess.CompletedProcess[str]:
+    done = run(SERVER, "--data", str(f.server.data_dir), *argv)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def trust_ek_ca(f: Fleet, ca_dir: Path) -> None:
+    ca = LocalCA(ca_dir)
+    for cert in (ca.root_cert_path, ca.issuer_cert_path):
+        server_cli(f, "ek-ca", "add", str(cert))
+
+
+def enroll(f: Fleet, dev: AgentDevice, tmp: Path) -> subprocess.CompletedProcess[str]:
+    token = tmp / f"{dev.name}-operator.token"
+    token.write_text(f.server.token("operator"))
+    return run(AGENT, "enroll", "--config", str(dev.config), "--token-file", str(token))
+
+
+def export_bundle(f: Fleet, tmp: Path) -> tuple[Path, Path]:
+    bundle, key = tmp / "trust.json", tmp / "bundle-key.pem"
+    server_cli(f, "attest", "bundle", "--out", str(bundle))
+    server_cli(f, "attest", "bundle-key", "--out", str(key))
+    return bundle, key
+
+
+def attest(link: SerialLink, bundle: Path, key: Path) -> tuple[int, dict[str, Any]]:
+    done = run(
+        TECHNICIAN, "attest", "--port", str(link.technician_path), "--bundle", str(bundle),
+        "--bundle-key", str(key), "--timeout", "20", "--json",
+    )  # fmt: skip
+    assert done.stdout, done.stderr
+    report: dict[str, Any] = json.loads(done.stdout)
+    return done.returncode, report
+
+
+def failed(report: dict[str, Any]) -> dict[str, str]:
+    return {c["name"]: c["detail"] for c in report["checks"] if not c["passed"]}
+
+
+def with_console(dev: AgentDevice, link: SerialLink) -> None:
+    drop_in = dev.config.parent / f"{dev.config.name}.d"
+    drop_in.mkdir(exist_ok=True)
+    (drop_in / "20-console.toml").write_text(f'version = 1\nconsole_port = "{link.device_path}"\n')
+
+
+def test_enrolled_device_passes_then_fails_after_tamper_and_revocation(
+    tmp_path: Path, swtpm_ca: Path
+) -> None:
+    require_executable("socat", "socat")
+    with fleet(tmp_path) as f, SerialLink.start(tmp_path / "serial") as link:
+        dev = f.add_device("attest-1", swtpm_ca)
+        try:
+            f.publish(1)
+            assert dev.check_now()["outcome"] == "installed"
+            trust_ek_ca(f, swtpm_ca)
+            done = enroll(f, dev, tmp_path)
+            assert done.returncode == 0, done.stdout + done.stderr
+            bundle, key = export_bundle(f, tmp_path)
+            with_console(dev, link)
+
+            with dev.daemon():
+                code, report = attest(link, bundle, key)
+            assert code == 0, report
+            assert report["passed"] is True
+            assert report["device_id"] == "attest-1"
+
+            # Someone swaps the kernel: the boot PCRs no longer match the enrolled
+            # baseline, and the technician's check names the PCR.
+            dev.device.tamper("kernel")
+            dev.device.restart()  # the reboot measures the new kernel
+            with dev.daemon():
+                code, report = attest(link, bundle, key)
+            state = json.loads((dev.state_dir / "state.json").read_text())
+            assert state["boot_attempts"] == 0, state  # a locked key is not the model's fault
+            assert code == 1
+            assert "boot state" in " ".join(failed(report)).lower() or any(
+                "PCR" in d for d in failed(report).values()
+            ), report
+
+            # The operator revokes the device: a fresh bundle fails it whatever it answers.
+            server_cli(f, "device", "revoke", "--id", "attest-1")
+            bundle, key = export_bundle(f, tmp_path)
+            with dev.daemon():
+                code, report = attest(link, bundle, key)
+            assert code == 1
+            assert any("revoked" in d for d in failed(report).values()), report
+        finally:
+            dev.device.stop()
+
+
+def test_enrollment_refused_for_an_ek_from_an_untrusted_ca(tmp_path: Path, swtpm_ca: Path) -> None:
+    with fleet(tmp_path) as f:
+        dev = f.add_device("attest-2", swtpm_ca)
+        try:
+            done = enroll(f, dev, tmp_path)  # no ek-ca added: the server trusts no EK vendor
+            assert done.returncode == 1
+            assert "EK" in done.stdout + done.stderr
+            assert not (dev.state_dir / "enrollment.json").exists()
+        finally:
+            dev.device.stop()
+
+
+def test_a_device_missing_from_the_bundle_fails(tmp_path: Path, swtpm_ca: Path) -> None:
+    require_executable("socat", "socat")
+    with fleet(tmp_path) as f, SerialLink.start(tmp_path / "serial") as link:
+        dev = f.add_device("attest-3", swtpm_ca)
+        try:
+            f.publish(1)
+            assert dev.check_now()["outcome"] == "installed"
+            with dev.device.backend() as backend:
+                backend.create_attestation_key()
+            bundle, key = export_bundle(f, tmp_path)
+            with_console(dev, link)
+            with dev.daemon():
+                code, report = attest(link, bundle, key)
+            assert code == 1
+            assert any("enrolled" in d for d in failed(report).values()), report
+        finally:
+            dev.device.stop()
