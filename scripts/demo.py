@@ -28,6 +28,13 @@
     the agent returns to release 2 and says why.
 13. Release 4 is installing when the power is cut during its trial: the next
     start reverts to release 2, the last committed model.
+14. A field technician plugs into the device's serial console: with the trust
+    bundle the operator exported (and its pinned key), `edgeseal attest` checks
+    the device's TPM quote offline - enrolled AK, fresh nonce, boot PCRs equal
+    to the enrollment baseline, a published model: PASS.
+15. The kernel is swapped again: after the reboot the agent keeps the model
+    key locked but still answers, and the technician's check fails, naming
+    the PCR that changed.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeseal.hardware.serial_link import DEVICE_LINK, TECHNICIAN_LINK, SerialLink
 from edgeseal.sdk import modelgen
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,7 +101,11 @@ def main() -> int:
         story()
         server = start_server()
         ota_story()
-        agent = agent_story()
+        with SerialLink.start(SERIAL):
+            cable = f"{SERIAL / DEVICE_LINK} <-> {SERIAL / TECHNICIAN_LINK}"
+            print(f"(the emulated serial cable, a socat pty pair: {cable})")
+            agent = agent_story()
+            agent = technician_story(agent)
     finally:
         if agent is not None and agent.poll() is None:
             agent.terminate()
@@ -189,6 +201,7 @@ def start_server() -> subprocess.Popen[bytes]:
         "--passphrase-file", str(passphrase), "--json",
     )  # fmt: skip
     (OUT / "admin.token").write_text(json.loads(init.stdout)["admin_token"])
+    (OUT / "admin.token").chmod(0o600)
     port = free_port()
     print(f"$ edgeseal-server --data demo-out/server run --port {port} &", flush=True)
     server = subprocess.Popen(
@@ -281,6 +294,9 @@ def ota_story() -> None:
 
 
 AGENT_CONFIG = OUT / "device-1-agent.toml"
+CA_DIR = OUT / "swtpm-ca"
+#: The device's serial console and the technician's end of the cable (a socat pty pair).
+SERIAL = OUT / "serial"
 AGENT_STATE = OUT / "device-1-agent-state"
 SOCKET = OUT / "run" / "inference.sock"
 
@@ -350,8 +366,15 @@ def agent_story() -> subprocess.Popen[bytes]:
         "--device-id", "demo-device-1", "--family", FAMILY, "--server", url,
         "--root", str(root), "--state-dir", str(AGENT_STATE), "--socket", str(SOCKET),
         "--backend", f"emulated:{DEVICE}", "--poll-interval", "3600",
+        "--console-port", str(SERIAL / DEVICE_LINK),
     )  # fmt: skip
     os.environ["EDGESEAL_AGENT_CONFIG"] = str(AGENT_CONFIG)
+    print("  enrollment: the operator trusts the TPM vendor's EK CA (here: the local swtpm CA),")
+    print("  the agent proves its attestation key lives in the certified TPM")
+    for cert in ("swtpm-localca-rootca-cert.pem", "issuercert.pem"):
+        run("edgeseal-server", "--data", str(SERVER_DATA), "ek-ca", "add", str(CA_DIR / cert))
+    run("edgeseal-agent", "enroll", "--config", str(AGENT_CONFIG),
+        "--token-file", str(OUT / "admin.token"))  # fmt: skip
     x = np.load(OUT / "input.npy")
     layers_v1 = modelgen.random_layers([8, 16, 4], seed=7)
     agent = start_agent()
@@ -382,6 +405,27 @@ def agent_story() -> subprocess.Popen[bytes]:
     agent = start_agent()
     run("edgeseal-agent", "status")
     serve_once(modelgen.reference_mlp(x, layers_v2))
+    return agent
+
+
+def technician_story(agent: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+    step("14. Field technician: attest the device offline over its serial console")
+    bundle, key = OUT / "trust-bundle.json", OUT / "bundle-key.pem"
+    run("edgeseal-server", "--data", str(SERVER_DATA), "attest", "bundle", "--out", str(bundle))
+    run("edgeseal-server", "--data", str(SERVER_DATA), "attest", "bundle-key", "--out", str(key))
+    print("  (the laptop is offline from here: it has the bundle, its key and a serial cable)")
+    port = SERIAL / TECHNICIAN_LINK
+    attest = ("edgeseal", "attest", "--port", str(port), "--bundle", str(bundle),
+              "--bundle-key", str(key))  # fmt: skip
+    run(*attest)
+
+    step("15. The kernel is swapped again: the key stays locked, the technician's check fails")
+    stop_agent(agent)
+    run("edgeseal-agent", "emulate", "tamper", "--dir", str(DEVICE), "kernel")
+    run("edgeseal-agent", "emulate", "stop", "--dir", str(DEVICE))
+    run("edgeseal-agent", "emulate", "start", "--dir", str(DEVICE))
+    agent = start_agent()
+    run(*attest, expect_fail=True)
     return agent
 
 
