@@ -11,7 +11,6 @@ than its limit.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -25,6 +24,8 @@ from edgeseal.ota_server.auth import ANONYMOUS, Principal
 from edgeseal.ota_server.context import ServerContext, actor_of
 from edgeseal.ota_server.service_errors import BadRequestError, TooLargeError, http_status
 from edgeseal.sdk.errors import EdgesealError
+from edgeseal.sdk.strict_json import StrictJSONError
+from edgeseal.sdk.strict_json import loads as strict_loads
 
 logger = logging.getLogger(__name__)
 
@@ -46,20 +47,14 @@ def exception_response(exc: BaseException) -> JSONResponse:
 
 
 def strict_json(data: bytes) -> JSONValue:
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, value in items:
-            if key in out:
-                raise BadRequestError(f"duplicate JSON key {key[:40]!r}")
-            out[key] = value
-        return out
-
-    def constant(name: str) -> Any:
-        raise BadRequestError(f"JSON constant {name} is not allowed")
-
+    """A request body as strict JSON (floats allowed), or :class:`BadRequestError`."""
     try:
-        return json.loads(data.decode("utf-8"), object_pairs_hook=pairs, parse_constant=constant)
-    except (UnicodeDecodeError, ValueError, RecursionError):
+        return strict_loads(data, allow_floats=True)
+    except StrictJSONError as exc:
+        if exc.rule == "duplicate-key":
+            raise BadRequestError(f"duplicate JSON key {str(exc.token)[:40]!r}") from None
+        if exc.rule == "constant":
+            raise BadRequestError(f"JSON constant {exc.token} is not allowed") from None
         raise BadRequestError("the request body is not valid JSON") from None
 
 

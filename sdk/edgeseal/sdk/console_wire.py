@@ -41,6 +41,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
+from edgeseal.sdk import strict_json
 from edgeseal.sdk.errors import FormatError
 
 __all__ = [
@@ -244,13 +245,8 @@ def parse_json_payload(payload: bytes | bytearray, what: str = "payload") -> Any
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise FormatError(f"a {what} is at most {MAX_PAYLOAD_BYTES} bytes", field=what)
     try:
-        return json.loads(
-            bytes(payload).decode("utf-8"),
-            object_pairs_hook=_no_duplicates,
-            parse_float=_refuse_float,
-            parse_constant=_refuse_constant,
-        )
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        return strict_json.loads(bytes(payload))
+    except strict_json.StrictJSONError as exc:
         raise FormatError(
             f"the {what} is not strict UTF-8 JSON: {_short(exc)}", field=what
         ) from None
@@ -297,23 +293,6 @@ def parse_error(payload: bytes | bytearray) -> str:
 def _printable(text: str) -> str:
     cleaned = "".join(c if c.isprintable() else " " for c in str(text))
     return cleaned[:MAX_ERROR_CHARS]
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError("duplicate key")
-        out[key] = value
-    return out
-
-
-def _refuse_float(_text: str) -> Any:
-    raise ValueError("floating-point numbers are not allowed")
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed")
 
 
 def _short(exc: BaseException) -> str:

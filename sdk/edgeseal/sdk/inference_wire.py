@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from edgeseal.sdk import strict_json
 from edgeseal.sdk.errors import EdgesealError
 
 __all__ = [
@@ -194,10 +195,9 @@ def parse_header(raw: bytes, *, max_body_bytes: int) -> FrameHeader:
             f"header of {len(raw)} bytes, over the limit of {MAX_HEADER_BYTES}", code=TOO_LARGE
         )
     try:
-        text = raw.decode("utf-8")
-        obj = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise WireError(f"header is not valid JSON: {_short(exc)}") from None
+        obj = strict_json.loads(raw, allow_floats=True)
+    except strict_json.StrictJSONError as exc:
+        raise WireError(f"header is not valid JSON: {_json_refusal(exc)}") from None
     if not isinstance(obj, dict):
         raise WireError(f"header must be a JSON object, not {type(obj).__name__}")
     raw_tensors = obj.pop("tensors", [])
@@ -336,17 +336,12 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key {key[:40]!r}")
-        result[key] = value
-    return result
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
+def _json_refusal(exc: strict_json.StrictJSONError) -> str:
+    if exc.rule == "duplicate-key":
+        return f"duplicate key {str(exc.token)[:40]!r}"
+    if exc.rule == "constant":
+        return f"{exc.token} is not JSON"
+    return _short(exc)
 
 
 def _short(value: object) -> str:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from edgeseal.sdk import strict_json
 from edgeseal.sdk.errors import FormatError
 from edgeseal.sdk.hazmat.format import MAX_MODEL_VERSION, NAME_RULE, is_valid_name
 from edgeseal.sdk.releases import DEVICE_ID_RULE, is_valid_device_id
@@ -273,37 +274,14 @@ def parse_mqtt_url(url: str) -> MQTTEndpoint:
 # --- strict parsing helpers (messages never quote the offending value) -----------------------
 
 
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed")
-
-
-def _refuse_float(_text: str) -> Any:
-    raise ValueError("floating-point numbers are not allowed")
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError("duplicate key")
-        out[key] = value
-    return out
-
-
 def _load(data: bytes | bytearray, what: str) -> object:
     if not isinstance(data, bytes | bytearray | memoryview):
         raise FormatError(f"a {what} payload must be bytes", field=what)
     if len(data) > MAX_PAYLOAD_BYTES:
         raise FormatError(f"a {what} payload is at most {MAX_PAYLOAD_BYTES} bytes", field=what)
     try:
-        text = bytes(data).decode("utf-8")
-        return json.loads(
-            text,
-            object_pairs_hook=_no_duplicates,
-            parse_float=_refuse_float,
-            parse_constant=_refuse_constant,
-        )
-    except (UnicodeDecodeError, ValueError, RecursionError):
+        return strict_json.loads(bytes(data))
+    except strict_json.StrictJSONError:
         raise FormatError(f"a {what} payload is not strict UTF-8 JSON", field=what) from None
 
 

@@ -45,6 +45,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from edgeseal.sdk import strict_json
 from edgeseal.sdk.console_wire import canonical_json
 from edgeseal.sdk.errors import AttestationError
 from edgeseal.sdk.hazmat.format import DIGEST_SIZES, MAX_MODEL_VERSION, NAME_RULE, is_valid_name
@@ -439,29 +440,7 @@ def _object(value: object, keys: frozenset[str], where: str) -> Mapping[str, Any
 
 def _json(raw: bytes, what: str) -> Any:
     try:
-        return json.loads(
-            raw.decode("utf-8"),
-            object_pairs_hook=_no_duplicates,
-            parse_float=_refuse_float,
-            parse_constant=_refuse_constant,
-        )
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        return strict_json.loads(raw)
+    except strict_json.StrictJSONError as exc:
         text = str(exc)
         raise AttestationError(f"the {what} is not strict UTF-8 JSON: {text[:80]}") from None
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError("duplicate key")
-        out[key] = value
-    return out
-
-
-def _refuse_float(_text: str) -> Any:
-    raise ValueError("floating-point numbers are not allowed")
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed")

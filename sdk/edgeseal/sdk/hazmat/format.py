@@ -41,6 +41,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgeseal.sdk import strict_json
 from edgeseal.sdk.errors import FormatError
 
 MAGIC = b"ESEALMDL"
@@ -269,33 +270,23 @@ def _canonical_json(body: dict[str, Any]) -> bytes:
     ).encode("ascii")
 
 
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise FormatError(f"sealed model header repeats the key {key!r}", field=key)
-        result[key] = value
-    return result
-
-
-def _reject_float(text: str) -> Any:
-    raise FormatError(f"sealed model header contains a non-integer number {text[:20]!r}")
-
-
 def _parse_json(text: bytes) -> dict[str, Any]:
     try:
         decoded = text.decode("ascii")
     except UnicodeDecodeError:
         raise FormatError("sealed model header is not ASCII", field="header") from None
     try:
-        body = json.loads(
-            decoded,
-            object_pairs_hook=_reject_duplicates,
-            parse_float=_reject_float,
-            parse_constant=_reject_float,
-        )
-    except (ValueError, RecursionError) as exc:
-        # ValueError covers JSONDecodeError and over-long integer literals.
+        body = strict_json.loads(decoded)
+    except strict_json.StrictJSONError as exc:
+        if exc.rule == "duplicate-key":
+            raise FormatError(
+                f"sealed model header repeats the key {exc.token!r}", field=exc.token
+            ) from None
+        if exc.rule in ("float", "constant"):
+            raise FormatError(
+                f"sealed model header contains a non-integer number {str(exc.token)[:20]!r}"
+            ) from None
+        # syntax, nesting, or an over-long integer literal
         raise FormatError(
             f"sealed model header is not valid JSON: {str(exc)[:120]}", field="header"
         ) from None
