@@ -273,6 +273,7 @@ class Daemon:
                 installer,
                 self.holder,
                 tuf_client_factory=self._factory,
+                attestation_pcrs=keys.pcrs,
             )
             if self._mqtt is not None:
                 from edgeseal.device_agent.mqtt_link import MQTTLink

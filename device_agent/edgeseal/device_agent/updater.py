@@ -9,7 +9,8 @@
   :class:`~edgeseal.device_agent.inference.ModelHolder` is given) is served;
 * ``refused`` - the release or its bytes are not acceptable: TUF verification,
   a header that disagrees with the signed metadata, a downgrade, a model that
-  failed its health check, an ``attested`` release;
+  failed its health check, an ``attested`` release whose key the server
+  refused (or a device not enrolled);
 * ``failed`` - the device could not finish (network, disk, TPM).
 
 Order of trust: everything used is first verified by TUF (the release
@@ -33,6 +34,16 @@ sealed SHA-256) and skipped, so a broken release is not retried at every poll;
 a new version or new bytes retry (:mod:`~edgeseal.device_agent.update_records`).
 The checks against the signed metadata are in
 :mod:`~edgeseal.device_agent.release_checks`.
+
+Attested releases (``key_release = "attested"``) have no envelope target: after
+the model is downloaded (so a slow download cannot outlive the server's
+2-minute challenge), the envelope is released by the server on a fresh quote
+(:mod:`~edgeseal.device_agent.key_release`; its time counts as ``download``).
+The enrollment is checked *before* the download, so a device that is not
+enrolled does not fetch a model it cannot open. A refused key release is
+remembered in memory only, as the contract says ("not retried until the next
+release or a restart"): re-enrolling a device, which is what fixes most
+refusals, restarts the agent. A network failure is retried at the next cycle.
 """
 
 from __future__ import annotations
@@ -40,7 +51,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +60,15 @@ from edgeseal.device_agent.errors import AgentError
 from edgeseal.device_agent.health import load_and_check
 from edgeseal.device_agent.inference import ModelHolder, ModelInfo
 from edgeseal.device_agent.install import Installer, Release, TrialFailedError
+from edgeseal.device_agent.key_release import (
+    KeyReleaseClient,
+    KeyReleaseError,
+    KeyReleaseInvalidError,
+    KeyReleaseRefusedError,
+    NotEnrolledError,
+    check_enrolled,
+    fetch_envelope,
+)
 from edgeseal.device_agent.recipient import TPMRecipient
 from edgeseal.device_agent.release_checks import (
     HeaderMismatchError,
@@ -120,6 +140,7 @@ class Updater:
         holder: ModelHolder | None = None,
         *,
         tuf_client_factory: TUFClientFactory | None = None,
+        attestation_pcrs: Sequence[int] = (),
         now: Callable[[], Any] = utc_now,
         clock: Callable[[], float] = time.perf_counter,
         new_cycle: Callable[[], str] = lambda: secrets.token_hex(8),
@@ -136,6 +157,10 @@ class Updater:
         self.state_dir = Path(config.state_dir)
         self.records = UpdateRecords(self.state_dir)
         self._outcomes = OutcomeRecorder(installer, self.records)
+        #: The board profile's PCRs: what an attested key release quotes (and nothing else).
+        self._attestation_pcrs = tuple(attestation_pcrs)
+        #: Releases whose key release was refused, not asked for again by this process.
+        self._refused_keys: set[ReleaseKey] = set()
 
     # -- the cycle --------------------------------------------------------------------------
 
@@ -220,16 +245,16 @@ class Updater:
                 meta.version,
                 f"{family} v{meta.version} was refused or failed before; not retrying it",
             )
-        if meta.key_release == "attested":
-            raise self._outcomes.refuse(
-                "select",
-                "attested-unsupported",
-                f"{family} v{meta.version}: attested key release needs enrollment, "
-                "not supported yet",
-                meta,
-                path,
-                remember=key,
+        if key in self._refused_keys:
+            return (
+                "no-update",
+                meta.version,
+                f"the key release of {family} v{meta.version} was refused; not asking again "
+                "until a new release or a restart of the agent",
             )
+        attested = meta.key_release == "attested"
+        if attested:
+            self._check_attested(meta, path, key)
         if cancelled():
             raise UpdateCancelledError("shutting down")
         with phases("download"):
@@ -237,7 +262,10 @@ class Updater:
                 model_path = client.download_target(info)
                 if cancelled():
                     raise UpdateCancelledError("shutting down")
-                envelope = self._envelope(client, meta)
+                if attested:
+                    envelope = self._released_envelope(meta, path, key)
+                else:
+                    envelope = self._envelope(client, meta)
             except TargetNotFoundError as exc:
                 raise self._outcomes.fail(
                     exc, "envelope", family, meta, code="no-envelope"
@@ -370,6 +398,54 @@ class Updater:
             return local.read_bytes()
         finally:
             local.unlink(missing_ok=True)
+
+    def _check_attested(self, meta: ReleaseMetadata, path: str, key: ReleaseKey) -> None:
+        """Before downloading an attested release: enrolled, and a server to ask."""
+        code, problem = "not-enrolled", None
+        if not self.config.server_url:
+            code, problem = "no-server", "the configuration names no server_url to ask for the key"
+        else:
+            try:
+                check_enrolled(self.state_dir, self.config.device_id)
+            except NotEnrolledError as exc:
+                problem = exc.message
+        if problem is not None:
+            self._refused_keys.add(key)
+            raise self._outcomes.refuse(
+                "envelope",
+                code,
+                f"{meta.family} v{meta.version} is an attested release: {problem}",
+                meta,
+                path,
+            )
+
+    def _released_envelope(self, meta: ReleaseMetadata, path: str, key: ReleaseKey) -> bytes:
+        """The envelope of an attested release, released by the server on a fresh quote."""
+        what = f"{meta.family} v{meta.version}"
+        try:
+            return fetch_envelope(
+                KeyReleaseClient(self.config.server_url),
+                self._backend,
+                self.config.device_id,
+                self._attestation_pcrs,
+                meta.family,
+                meta.version,
+            )
+        except (KeyReleaseRefusedError, NotEnrolledError) as exc:
+            self._refused_keys.add(key)
+            code = "not-enrolled" if isinstance(exc, NotEnrolledError) else "key-release-refused"
+            raise self._outcomes.refuse(
+                "envelope", code, f"{what}: {describe_error(exc)}", meta, path
+            ) from exc
+        except KeyReleaseInvalidError as exc:
+            # The server may be fixed: refused now, asked again next cycle.
+            raise self._outcomes.refuse(
+                "envelope", "key-release-invalid", f"{what}: {describe_error(exc)}", meta, path
+            ) from exc
+        except (KeyReleaseError, HardwareError) as exc:
+            raise self._outcomes.fail(
+                exc, "envelope", meta.family, meta, code="key-release-failed"
+            ) from exc
 
     def _active_good(self) -> SlotInfo | None:
         state = self.installer.read_state()

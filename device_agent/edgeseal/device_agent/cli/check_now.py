@@ -68,7 +68,9 @@ def _in_process(config: AgentConfig) -> dict[str, Any]:
     with keys.backend:
         installer = make_installer(config, keys)
         installer.recover()
-        updater = Updater(config, keys.backend, keys.approved, installer)
+        updater = Updater(
+            config, keys.backend, keys.approved, installer, attestation_pcrs=keys.pcrs
+        )
         return updater.check_now().to_json()
 
 
