@@ -34,16 +34,15 @@ callable); :class:`SerialConsole` is the thread that owns the port.
 from __future__ import annotations
 
 import base64
-import contextlib
 import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from edgeseal.device_agent.errors import AgentError
-from edgeseal.device_agent.locked_backend import LockedBackend
+from edgeseal.device_agent.locked_backend import exclusive
 from edgeseal.device_agent.state import timestamp, utc_now
 from edgeseal.hardware.backend import KeyBackend
 from edgeseal.hardware.errors import HardwareError, KeyNotFoundError
@@ -175,7 +174,7 @@ class AttestResponder:
         """The ATTEST_RESPONSE document for ``nonce`` (raises HardwareError from the TPM)."""
         base = self._status()
         model = base.get("model")
-        with _exclusive(self._backend) as backend:
+        with exclusive(self._backend) as backend:
             values = backend.pcr_read(self._pcrs)
             status: dict[str, Any] = {
                 "device_id": base["device_id"],
@@ -193,16 +192,6 @@ class AttestResponder:
         self.refused += 1
         log.info("console: refused a request: %s", message)
         return error_frame(message)
-
-
-@contextlib.contextmanager
-def _exclusive(backend: KeyBackend) -> Iterator[KeyBackend]:
-    """PCR read and quote back to back, no other thread's TPM call in between."""
-    if isinstance(backend, LockedBackend):
-        with backend.exclusive() as held:
-            yield held
-    else:
-        yield backend
 
 
 def _b64(data: bytes) -> str:

@@ -45,19 +45,18 @@ TPM failures are :class:`~edgeseal.hardware.errors.HardwareError` as everywhere.
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import logging
 import ssl
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from edgeseal.device_agent.enroll import ENROLLMENT_FILE
 from edgeseal.device_agent.errors import AgentError
-from edgeseal.device_agent.locked_backend import LockedBackend
+from edgeseal.device_agent.locked_backend import exclusive
 from edgeseal.hardware.backend import KeyBackend
 from edgeseal.hardware.errors import KeyNotFoundError
 from edgeseal.sdk import strict_json
@@ -332,7 +331,7 @@ def fetch_envelope(  # noqa: PLR0917 - who asks, with what, for what
         )
     binding = key_release_binding(challenge.nonce, device_id, family, version)
     try:
-        with _exclusive(backend) as tpm:
+        with exclusive(backend) as tpm:
             values = tpm.pcr_read(challenge.pcrs)
             attest, signature = tpm.quote(binding, challenge.pcrs)
     except KeyNotFoundError as exc:
@@ -351,16 +350,6 @@ def fetch_envelope(  # noqa: PLR0917 - who asks, with what, for what
         signature,
     )
     return client.release(release)
-
-
-@contextlib.contextmanager
-def _exclusive(backend: KeyBackend) -> Iterator[KeyBackend]:
-    """PCR read and quote back to back: no other thread's TPM call (an extend) in between."""
-    if isinstance(backend, LockedBackend):
-        with backend.exclusive() as held:
-            yield held
-    else:
-        yield backend
 
 
 def _indices(indices: Sequence[int]) -> str:

@@ -154,3 +154,17 @@ class LockedBackend:
 
 
 __all__ = ["LockedBackend"]
+
+
+@contextlib.contextmanager
+def exclusive(backend: KeyBackend) -> Iterator[KeyBackend]:
+    """``backend`` with no other thread's TPM call in between (read PCRs, then quote them).
+
+    Holds the lock of a :class:`LockedBackend`; any other backend is not
+    shared between threads, so it is yielded as is.
+    """
+    if isinstance(backend, LockedBackend):
+        with backend.exclusive() as held:
+            yield held
+    else:
+        yield backend
