@@ -177,11 +177,32 @@ def test_ek_ca_add_refuses_what_is_not_a_ca(
     assert not list((ota_server.data_dir / "ek-ca").glob("*.pem"))
 
 
-def test_revoke_needs_an_enrolled_device(
-    ota_server: RunningServer, capsys: pytest.CaptureFixture[str]
+def test_revoke_of_unknown_and_never_enrolled_devices(
+    ota_server: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, out = cli(capsys, ota_server, "device", "revoke", "--id", "ghost")
     assert code == 1 and "unknown device" in out
-    add_device(ota_server, ota_server.admin_token, "dev-9")
+    add_device(ota_server, ota_server.admin_token, "dev-9")  # added, never enrolled
     code, out = cli(capsys, ota_server, "device", "revoke", "--id", "dev-9")
-    assert code == 1 and "not enrolled" in out
+    assert code == 0, out
+    assert "dev-9 revoked" in out and "already" not in out
+    code, out = cli(capsys, ota_server, "device", "revoke", "--id", "dev-9", "--json")
+    assert code == 0, out
+    answer = json.loads(out)
+    assert answer["revoked"] is True and answer["already_revoked"] is True
+    assert answer["enrolled"] is False
+    # it has no AK to attest against: the bundle leaves it out (an unknown device fails)
+    bundle, _ = export(capsys, ota_server, tmp_path)
+    assert bundle.device("dev-9") is None
+    tpm = SoftTpm(EkCa())
+    refused = ota_server.request(
+        "POST", "/v1/enroll/start", token=ota_server.admin_token, body=tpm.start_body("dev-9")
+    )
+    assert refused.status == 403 and "revoked" in refused.json()["error"]["message"]
+    entries = ota_server.request("GET", "/api/v1/audit", token=ota_server.admin_token).json()
+    revokes = [(e["target"], e["outcome"]) for e in entries if e["action"] == "device.revoke"]
+    assert revokes == [
+        ("devices/ghost", "refused"),
+        ("devices/dev-9", "accepted"),
+        ("devices/dev-9", "accepted"),
+    ]

@@ -8,7 +8,9 @@ import os
 import pwd
 import shutil
 import stat
+import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +26,7 @@ from edgeseal.ota_server.broker import (
 )
 from edgeseal.ota_server.hints import publish_hint, release_hint
 from edgeseal.sdk.mqtt_messages import ReleaseHint, hint_topic
-from mqtt_fixtures import raw_client, running_broker
+from mqtt_fixtures import WAIT_S, raw_client, running_broker
 
 # Known answer made with `mosquitto_passwd -b FILE dev1 s3cret` (mosquitto 2.0.11, Debian 12).
 MOSQUITTO_PASSWD_LINE = (
@@ -136,6 +138,38 @@ def test_new_and_revoked_credentials_take_effect_at_once(broker: MosquittoBroker
         assert client.connect() != "Success"
     with raw_client(broker.endpoint, "dev-1", replaced) as client:
         assert client.connect() == "Success"
+
+
+def test_a_stale_pid_file_is_never_signalled(tmp_path: Path) -> None:
+    """A pid file outlives a killed broker and its pid may be reused: SIGHUP would kill."""
+    broker = MosquittoBroker(tmp_path / "broker")
+    broker.pid_file.parent.mkdir(parents=True)
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        broker.pid_file.write_text(f"{other.pid}\n")
+        assert broker.running_pid() is None
+        assert broker.reload() is False
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
+
+
+@pytest.mark.mosquitto
+def test_another_process_finds_the_broker_and_reloads_it(broker: MosquittoBroker) -> None:
+    """`device mqtt-credentials` and revocation run outside the process that owns the broker."""
+    elsewhere = MosquittoBroker(broker.dir)
+    assert elsewhere.running_pid() == broker.pid()
+    password = elsewhere.add_device_credentials("dev-1")
+    with raw_client(broker.endpoint, "dev-1", password) as client:
+        assert client.connect() == "Success"
+        assert elsewhere.remove_device_credentials("dev-1")
+        deadline = time.monotonic() + WAIT_S
+        while client.client.is_connected() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not client.client.is_connected()  # mosquitto drops it on the reload
+    with raw_client(broker.endpoint, "dev-1", password) as client:
+        assert client.connect() != "Success"
 
 
 @pytest.mark.mosquitto

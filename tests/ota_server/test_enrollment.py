@@ -38,9 +38,9 @@ from edgeseal.ota_server.enrollment import (
     ChallengeExpiredError,
     Enrollment,
     EnrollmentRefusedError,
-    revoke,
 )
 from edgeseal.ota_server.initialize import Officers, initialize
+from edgeseal.ota_server.revocation import mark_revoked
 from edgeseal.ota_server.routes_enroll import parse_evidence
 from edgeseal.ota_server.service_errors import (
     BadRequestError,
@@ -301,12 +301,35 @@ def test_revoked_device_cannot_enroll_again(env: Env) -> None:
     tpm = SoftTpm(env.ca)
     enroll(env, tpm)
     with env.ctx.db.session() as session:
-        assert revoke(session, "dev-1").revoked
+        record = mark_revoked(session, "dev-1")
+    assert record.enrolled and not record.already_revoked
     with pytest.raises(EnrollmentRefusedError, match="revoked"):
         env.enrollment.start("dev-1", tpm.ek_certificate, tpm.ak_public)
+    with env.ctx.db.session() as session, pytest.raises(NotFoundError, match="unknown device"):
+        mark_revoked(session, "ghost")
+
+
+def test_device_revoked_before_it_enrolled_cannot_enroll(env: Env) -> None:
+    """A stolen device may never have enrolled: its revocation holds all the same."""
     _add_device(env.ctx, "dev-2", "rpi5")
-    with env.ctx.db.session() as session, pytest.raises(NotFoundError, match="not enrolled"):
-        revoke(session, "dev-2")  # a device that never enrolled has nothing to revoke
+    tpm = SoftTpm(env.ca)
+    challenge = env.enrollment.start("dev-2", tpm.ek_certificate, tpm.ak_public)
+    with env.ctx.db.session() as session:
+        record = mark_revoked(session, "dev-2")
+        row = session.get(DeviceAttestationRow, "dev-2")
+        assert row is not None and row.revoked and row.ak_public == b""
+    assert not record.enrolled and not record.already_revoked
+    # the challenge it had open went with the revocation
+    with pytest.raises(NotFoundError, match="unknown enrollment challenge"):
+        env.enrollment.finish(challenge.challenge_id, *answer(tpm, challenge))
+    with pytest.raises(EnrollmentRefusedError, match="revoked"):
+        env.enrollment.start("dev-2", tpm.ek_certificate, tpm.ak_public)
+    with env.ctx.db.session() as session:
+        assert mark_revoked(session, "dev-2").already_revoked  # idempotent
+    assert [(e.action, e.outcome) for e in env.entries()[-2:]] == [
+        ("enroll.finish", "refused"),
+        ("enroll.start", "refused"),
+    ]
 
 
 def test_pcrs_come_from_the_hardware_class(env: Env) -> None:

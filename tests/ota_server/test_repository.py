@@ -284,3 +284,22 @@ def test_publish_envelopes_prunes(tmp_path: Path) -> None:
         assert updater.get_targetinfo(paths[0]) is None
         assert updater.get_targetinfo(paths[1]) is None
         assert updater.get_targetinfo(paths[2]) is not None
+
+
+def test_remove_envelopes_missing_ok(tmp_path: Path) -> None:
+    """A revocation or a yank removes whatever is still published, and nothing else."""
+    repo, _ = make_repository(tmp_path)
+    paths = [f"envelopes/dev-{i}/{FAMILY}-1.env" for i in range(3)]
+    repo.publish_envelopes(dict.fromkeys(paths[:2], ENVELOPE))
+    with pytest.raises(UnknownTargetError):
+        repo.publish_envelopes({}, remove=paths)
+    removed = repo.publish_envelopes({}, remove=paths, missing_ok=True)
+    assert removed == paths[:2]
+    # nothing left to remove: no new snapshot or timestamp is written
+    before = _tree(tmp_path)
+    assert repo.publish_envelopes({}, remove=paths, missing_ok=True) == []
+    assert _tree(tmp_path) == before
+    with serve(repo) as server:
+        updater = make_updater(tmp_path / "client", server, repo.root_bytes())
+        updater.refresh()
+        assert all(updater.get_targetinfo(p) is None for p in paths)

@@ -110,6 +110,7 @@ def test_role_matrix(ota_server: RunningServer) -> None:
             signature_body,
         ),
         Row("POST", "/api/v1/devices", statuses(403, operator=201, admin=201), device_body),
+        Row("POST", "/api/v1/devices/dev-operator/revoke", statuses(403, operator=200, admin=200)),
         Row(
             "POST",
             "/api/v1/tokens",

@@ -31,7 +31,9 @@ searchable by it (checked before starting, with a clear error).
 Passwords are random (256 bits) and hashed here the way ``mosquitto_passwd``
 does (``$7$<iterations>$<salt b64>$<PBKDF2-SHA512 b64>``) so a password never
 appears on a command line. Changes take effect with SIGHUP (mosquitto re-reads
-config, passwords and ACL without dropping other clients).
+config, passwords and ACL without dropping other clients, and disconnects a
+client whose credentials are gone); a process that did not start the broker
+finds it through its pid file (:meth:`MosquittoBroker.running_pid`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import base64
 import contextlib
 import grp
 import hashlib
+import itertools
 import logging
 import os
 import pwd
@@ -189,7 +192,12 @@ class MosquittoBroker:
         return password
 
     def remove_device_credentials(self, device_id: str) -> bool:
-        """Revoke a device's broker access; True when it had credentials."""
+        """Revoke a device's broker access; True when it had credentials.
+
+        The ACL has no line per device (its patterns name ``%u``), so removing
+        the password line is the whole revocation; a running broker reloads and
+        drops the device's open connection.
+        """
         _check_username(device_id)
         entries = self._read_passwords()
         if entries.pop(device_id, None) is None:
@@ -238,26 +246,57 @@ class MosquittoBroker:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
-    def reload(self, *, timeout: float = _RELOAD_TIMEOUT_S) -> None:
+    def running_pid(self) -> int | None:
+        """The pid of the mosquitto running this directory's config, started here or not.
+
+        Another process (``edgeseal-server run``) may own the broker: its pid file
+        then says where it is. A pid file outlives a killed broker and its pid may
+        be reused, so the pid counts only while ``/proc`` shows a process whose
+        ``-c`` argument is this directory's ``mosquitto.conf``.
+        """
+        if self._proc is not None:
+            return self._proc.pid if self._proc.poll() is None else None
+        try:
+            pid = int(self.pid_file.read_text().strip())
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            return None
+        for flag, value in itertools.pairwise(args):
+            if flag == b"-c":
+                with contextlib.suppress(OSError):
+                    if Path(os.fsdecode(value)).samefile(self.conf_file):
+                        return pid
+        return None
+
+    def reload(self, *, timeout: float = _RELOAD_TIMEOUT_S) -> bool:
         """SIGHUP: mosquitto re-reads its config, password and ACL files.
 
-        Returns once its log says it reloaded (so a password just added is
-        accepted by the next connection), or after ``timeout`` with a warning.
+        mosquitto then also disconnects clients whose credentials are gone.
+        Returns True once its log says it reloaded (so a password just added is
+        accepted by the next connection, and one just removed is not); False when
+        no broker runs (it reads the files when it starts) or, with a warning, when
+        it cannot be signalled or does not confirm within ``timeout``.
         """
-        if self._proc is None or self._proc.poll() is not None:
-            return
+        pid = self.running_pid()
+        if pid is None:
+            return False
         try:
             offset = self.log_file.stat().st_size
         except OSError:
             offset = 0
-        os.kill(self._proc.pid, signal.SIGHUP)
+        try:
+            os.kill(pid, signal.SIGHUP)
+        except (ProcessLookupError, PermissionError) as exc:
+            log.warning("cannot signal mosquitto %d to reload: %s", pid, exc)
+            return False
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if _RELOADED in self._log_since(offset):
-                log.debug("mosquitto %d reloaded", self._proc.pid)
-                return
+                log.debug("mosquitto %d reloaded", pid)
+                return True
             time.sleep(0.005)
-        log.warning("mosquitto %d did not confirm a reload in %.1f s", self._proc.pid, timeout)
+        log.warning("mosquitto %d did not confirm a reload in %.1f s", pid, timeout)
+        return False
 
     def _log_since(self, offset: int) -> bytes:
         try:
@@ -333,16 +372,21 @@ class MosquittoBroker:
     def _write_protected(self, path: Path, data: bytes) -> None:
         """Write a file mosquitto reads after dropping privileges: root:<its group> 0640."""
         ids = self._drop_ids()
-        with atomic_writer(path, mode=0o640 if ids else 0o600) as handle:
-            if ids is not None:
-                os.fchown(handle.fileno(), 0, ids[1])
-            handle.write(data)
+        try:
+            with atomic_writer(path, mode=0o640 if ids else 0o600) as handle:
+                if ids is not None:
+                    os.fchown(handle.fileno(), 0, ids[1])
+                handle.write(data)
+        except OSError as exc:
+            raise BrokerError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
     def _read_passwords(self) -> dict[str, str]:
         try:
             text = self.password_file.read_text()
         except FileNotFoundError:
             return {}
+        except OSError as exc:
+            raise BrokerError(f"cannot read {self.password_file}: {exc.strerror or exc}") from exc
         entries: dict[str, str] = {}
         for line in text.splitlines():
             user, sep, hashed = line.partition(":")

@@ -39,6 +39,8 @@ PUBLISHED = "published"
 YANK_AWAITING_SIGNATURES = "yank-awaiting-signatures"
 YANKED = "yanked"
 PENDING_STATES = (AWAITING_SIGNATURES, YANK_AWAITING_SIGNATURES)
+#: ``device_attestation.enrolled`` of a device revoked before it ever enrolled (no AK).
+NOT_ENROLLED = ""
 
 
 def isotime(when: datetime) -> str:
@@ -107,6 +109,8 @@ class DeviceAttestationRow(Base):
 
     A table of its own rather than columns of ``devices``: there are no schema
     migrations, and ``create_all`` adds a new table to an existing database.
+    It also holds the revocation of a device that never enrolled: ``revoked``
+    true, no AK, ``enrolled`` = :data:`NOT_ENROLLED` (:mod:`edgeseal.ota_server.revocation`).
     """
 
     __tablename__ = "device_attestation"

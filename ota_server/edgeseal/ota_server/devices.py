@@ -1,10 +1,26 @@
-"""Devices of the fleet, and the key envelopes a new device gets.
+"""Devices of the fleet: adding one (with its key envelopes) and revoking one.
 
 Adding a device (``POST /api/v1/devices`` or ``edgeseal-server device add``)
 records its TPM decryption key and publishes, in the same step, its envelope
 for every published release of its hardware class, so it can install the
 current model right away. Device ids become TUF target path segments, hence
 the strict rule ``^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$``.
+
+Revoking one (``POST /api/v1/devices/{id}/revoke`` or ``edgeseal-server device
+revoke``; DESIGN flow 6), in one audited step, enrolled or not:
+
+1. records the revocation (:mod:`edgeseal.ota_server.revocation`): trust
+   bundles then fail the device, it cannot enroll again, publication makes no
+   envelope for it and ``device mqtt-credentials`` refuses it;
+2. removes its MQTT password from the broker's password file and makes a
+   running broker reload, which disconnects it (:mod:`edgeseal.ota_server.broker`);
+3. removes its envelopes from the TUF repository (the online ``envelopes``
+   bins, re-signed by the server), so it cannot fetch the content key of a
+   release it has not fetched yet. A key it already fetched cannot be taken
+   back: a revoked device keeps the models it had.
+
+Revoking again is harmless and redoes 2 and 3 for whatever is left, e.g. after
+an interrupted revocation or one made before revocations did 2 and 3.
 """
 
 from __future__ import annotations
@@ -16,10 +32,16 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from edgeseal.ota_server.auth import Principal, require_operator
+from edgeseal.ota_server.broker import MosquittoBroker
 from edgeseal.ota_server.context import ServerContext
-from edgeseal.ota_server.db import DeviceRow, isotime
-from edgeseal.ota_server.publication import device_public_key, envelopes_for_device
+from edgeseal.ota_server.db import DeviceAttestationRow, DeviceRow, isotime
+from edgeseal.ota_server.publication import (
+    device_envelope_paths,
+    device_public_key,
+    envelopes_for_device,
+)
 from edgeseal.ota_server.releases import check_keys
+from edgeseal.ota_server.revocation import get_device, mark_revoked
 from edgeseal.ota_server.service_errors import BadRequestError, ConflictError
 from edgeseal.sdk.hazmat.format import NAME_RULE, is_valid_name
 from edgeseal.sdk.releases import is_valid_device_id
@@ -29,18 +51,24 @@ MAX_PEM = 4096
 _KEYS = frozenset({"id", "public_key_pem", "hardware_class", "channel"})
 
 
-def device_json(row: DeviceRow) -> dict[str, Any]:
+def device_json(row: DeviceRow, *, revoked: bool = False) -> dict[str, Any]:
     return {
         "id": row.id,
         "hardware_class": row.hardware_class,
         "channel": row.channel,
         "public_key_pem": row.public_key_pem,
         "created": row.created,
+        "revoked": revoked,
     }
 
 
 def list_devices(session: Session) -> list[dict[str, Any]]:
-    return [device_json(r) for r in session.scalars(select(DeviceRow).order_by(DeviceRow.id))]
+    rows = session.execute(
+        select(DeviceRow, DeviceAttestationRow.revoked)
+        .outerjoin(DeviceAttestationRow, DeviceAttestationRow.device_id == DeviceRow.id)
+        .order_by(DeviceRow.id)
+    )
+    return [device_json(device, revoked=bool(revoked)) for device, revoked in rows]
 
 
 def add_device(
@@ -82,3 +110,41 @@ def add_device(
         ctx.repository.publish_envelopes(envelopes, now=ctx.now())
     answer = device_json(row) | {"envelopes": sorted(envelopes)}
     return answer, {"device": device_id, "envelopes": len(envelopes)}
+
+
+def revoke_device(
+    ctx: ServerContext, session: Session, principal: Principal | None, device_id: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Revoke a device (see the module docstring). ``principal`` None: the local CLI."""
+    if principal is not None:
+        require_operator(principal)
+    record = mark_revoked(session, device_id)
+    device = get_device(session, device_id)
+    # Broker first: it is local files and a signal, and cutting the device off is what
+    # matters most; the repository change comes last, just before the commit.
+    broker = MosquittoBroker(ctx.data.broker)
+    mqtt_removed = broker.remove_device_credentials(device_id)  # reloads a running broker
+    if not mqtt_removed:
+        broker.reload()  # a retry: make sure a running broker has dropped it too
+    candidates = device_envelope_paths(session, device)
+    removed = (
+        ctx.repository.publish_envelopes({}, remove=candidates, now=ctx.now(), missing_ok=True)
+        if candidates
+        else []
+    )
+    answer = {
+        "id": device_id,
+        "revoked": True,
+        "enrolled": record.enrolled,
+        "already_revoked": record.already_revoked,
+        "envelopes_removed": removed,
+        "mqtt_credentials_removed": mqtt_removed,
+    }
+    details = {
+        "device": device_id,
+        "enrolled": record.enrolled,
+        "already_revoked": record.already_revoked,
+        "envelopes_removed": len(removed),
+        "mqtt_credentials_removed": mqtt_removed,
+    }
+    return answer, details

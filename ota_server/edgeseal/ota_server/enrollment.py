@@ -21,7 +21,8 @@ The handshake of docs/dev/attestation-contracts.md, in two calls:
 
 A device already enrolled may enroll again with the *same* AK (a fresh
 handshake refreshes its baseline, e.g. after a firmware update); another AK
-is refused (409), as is a revoked device. The refusals name their cause;
+is refused (409), as is a revoked device (403; also one revoked before it ever
+enrolled, :mod:`edgeseal.ota_server.revocation`). The refusals name their cause;
 none contains the secret. Each function runs inside the caller's transaction;
 :class:`Enrollment` wraps them with the audit log for callers without HTTP.
 """
@@ -42,8 +43,9 @@ from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from edgeseal.ota_server.context import ServerContext
-from edgeseal.ota_server.db import DeviceAttestationRow, DeviceRow, EnrollmentChallengeRow, isotime
+from edgeseal.ota_server.db import DeviceAttestationRow, EnrollmentChallengeRow, isotime
 from edgeseal.ota_server.ek_ca import certificate_sha256, load_ek_cas, verify_ek_certificate
+from edgeseal.ota_server.revocation import get_device
 from edgeseal.ota_server.service_errors import (
     BadRequestError,
     ConflictError,
@@ -167,16 +169,6 @@ def check_attestation_key(ak_public: bytes) -> bytes:
     return tpm_name(ak_public)
 
 
-def _device(session: Session, device_id: str) -> DeviceRow:
-    row = session.get(DeviceRow, device_id) if len(device_id) <= 64 else None
-    if row is None:
-        raise NotFoundError(
-            f"unknown device {device_id[:64]!r}: the operator must add it first "
-            "(edgeseal-server device add)"
-        )
-    return row
-
-
 def _check_may_enroll(session: Session, device_id: str, ak_public: bytes) -> bool:
     """Refuse a revoked device or another AK; True when the device is already enrolled."""
     current = session.get(DeviceAttestationRow, device_id)
@@ -204,7 +196,7 @@ def start(
     random: Random = secrets.token_bytes,
 ) -> Challenge:
     """Check the device, EK certificate and AK; store and return a fresh challenge."""
-    device = _device(session, device_id)
+    device = get_device(session, device_id)
     _check_may_enroll(session, device_id, ak_public)
     _cert, ek_public = verify_ek_certificate(ek_certificate_der, ek_cas, now=now)
     ak_name = check_attestation_key(ak_public)
@@ -309,7 +301,7 @@ def finish(
             f"device {device_id}: the quote does not check out: {exc.diagnostics()}"
         ) from None
     re_enrolled = _check_may_enroll(session, device_id, pending.ak_public)
-    _device(session, device_id)
+    get_device(session, device_id)
     row = session.get(DeviceAttestationRow, device_id)
     if row is None:
         row = DeviceAttestationRow(device_id=device_id, revoked=False)
@@ -321,17 +313,6 @@ def finish(
     row.enrolled = isotime(now)
     session.flush()
     return AttestationRecord.from_row(row), re_enrolled
-
-
-def revoke(session: Session, device_id: str) -> AttestationRecord:
-    """Mark an enrolled device revoked: trust bundles then fail it (idempotent)."""
-    _device(session, device_id)
-    row = session.get(DeviceAttestationRow, device_id)
-    if row is None:
-        raise NotFoundError(f"device {device_id} is not enrolled; there is nothing to revoke")
-    row.revoked = True
-    session.flush()
-    return AttestationRecord.from_row(row)
 
 
 class Enrollment:

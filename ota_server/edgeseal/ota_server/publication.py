@@ -3,9 +3,10 @@
 Once a release's proposal has its threshold of signatures, the staged sealed
 model becomes a TUF target, the family metadata is published with a new
 snapshot and timestamp, and the release's content key is resealed from its KEK
-envelope to every device of a matching hardware class (a device added later
-gets the envelopes of every published release when it is added). A yank
-publishes the family without the target and removes its envelopes.
+envelope to every device of a matching hardware class that is not revoked (a
+device added later gets the envelopes of every published release when it is
+added). A yank publishes the family without the target and removes whatever
+envelopes of it are still published (a revoked device's are already gone).
 
 Runs inside the caller's database transaction, like :mod:`edgeseal.ota_server.releases`.
 """
@@ -26,6 +27,7 @@ from edgeseal.ota_server import db
 from edgeseal.ota_server.context import ServerContext
 from edgeseal.ota_server.db import DeviceRow, ReleaseRow, isotime
 from edgeseal.ota_server.hints import publish_hint_in_background, release_hint
+from edgeseal.ota_server.revocation import is_revoked, not_revoked
 from edgeseal.ota_server.service_errors import BadRequestError, ConflictError
 from edgeseal.sdk.errors import EdgesealError
 from edgeseal.sdk.hazmat.format import decode_header
@@ -73,11 +75,14 @@ def publish_release(
         return {"published": row.target_path, "envelopes": len(envelopes)}
     repo.publish_family(row.family, signed, now=now)
     row.state = db.YANKED
-    published = published_envelope_paths(session, row)
-    if published:
-        repo.publish_envelopes({}, remove=published, now=now)
-    logger.info("yanked %s, removed %d envelopes", row.id, len(published))
-    return {"yanked": row.target_path, "envelopes_removed": len(published)}
+    candidates = published_envelope_paths(session, row)
+    removed = (
+        repo.publish_envelopes({}, remove=candidates, now=now, missing_ok=True)
+        if candidates
+        else []
+    )
+    logger.info("yanked %s, removed %d envelopes", row.id, len(removed))
+    return {"yanked": row.target_path, "envelopes_removed": len(removed)}
 
 
 # --- envelopes ------------------------------------------------------------------------------
@@ -97,11 +102,15 @@ def _delivers_envelopes(row: ReleaseRow) -> bool:
 def envelopes_for_release(
     ctx: ServerContext, session: Session, row: ReleaseRow
 ) -> dict[str, bytes]:
-    """Envelopes of one release for every device of a matching hardware class."""
+    """Envelopes of one release for every device of a matching hardware class, but revoked ones."""
     if not _delivers_envelopes(row) or row.header is None:
         return {}
     devices = list(
-        session.scalars(select(DeviceRow).where(DeviceRow.hardware_class.in_(row.hardware)))
+        session.scalars(
+            select(DeviceRow)
+            .where(DeviceRow.hardware_class.in_(row.hardware), not_revoked())
+            .order_by(DeviceRow.id)
+        )
     )
     header = decode_header(row.header)
     sealed = ctx.kek.reseal(
@@ -116,8 +125,13 @@ def envelopes_for_release(
 def envelopes_for_device(
     ctx: ServerContext, session: Session, device: DeviceRow
 ) -> dict[str, bytes]:
-    """Envelopes for one (new) device of every published release of its hardware class."""
+    """Envelopes for one (new) device of every published release of its hardware class.
+
+    None for a revoked device (a revoked id cannot be added again, but no path
+    may make envelopes for one)."""
     out: dict[str, bytes] = {}
+    if is_revoked(session, device.id):
+        return out
     rows = session.scalars(
         select(ReleaseRow).where(ReleaseRow.state.in_((db.PUBLISHED, db.YANK_AWAITING_SIGNATURES)))
     )
@@ -132,9 +146,26 @@ def envelopes_for_device(
 
 
 def published_envelope_paths(session: Session, row: ReleaseRow) -> list[str]:
-    """The envelope paths published for a release: one per device of its hardware classes
-    (device add and publication write them in the same transaction as the device row)."""
+    """Every envelope path a release may have published: one per device of its hardware
+    classes, revoked or not (a revocation removes its envelopes, but one made before
+    revocations did may have left them); remove them with ``missing_ok``."""
     if not _delivers_envelopes(row):
         return []
     devices = session.scalars(select(DeviceRow).where(DeviceRow.hardware_class.in_(row.hardware)))
     return sorted(envelope_target_path(d.id, row.family, row.version) for d in devices)
+
+
+def device_envelope_paths(session: Session, device: DeviceRow) -> list[str]:
+    """Every envelope path ``device`` may have (one per release of its hardware class ever
+    published; a yank removed its envelopes, but asking costs little); remove them with
+    ``missing_ok``."""
+    rows = session.scalars(
+        select(ReleaseRow)
+        .where(ReleaseRow.state.in_((db.PUBLISHED, db.YANK_AWAITING_SIGNATURES, db.YANKED)))
+        .order_by(ReleaseRow.id)
+    )
+    return sorted(
+        envelope_target_path(device.id, row.family, row.version)
+        for row in rows
+        if device.hardware_class in row.hardware and _delivers_envelopes(row)
+    )

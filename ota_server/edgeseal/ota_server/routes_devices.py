@@ -1,4 +1,10 @@
-"""Device routes: list the enrolled devices, enroll one (with its envelopes)."""
+"""Device routes: list the devices, add one (with its envelopes), revoke one.
+
+``POST /api/v1/devices/{device_id}/revoke`` (operator or admin, no body or
+``{}``) answers ``{"id", "revoked": true, "enrolled", "already_revoked",
+"envelopes_removed": [paths], "mqtt_credentials_removed"}``; 404 for an
+unknown device. Audited as ``device.revoke``, accepted or refused.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ from sqlalchemy.orm import Session
 from edgeseal.ota_server import devices
 from edgeseal.ota_server.auth import Principal, require_viewer
 from edgeseal.ota_server.context import ServerContext
-from edgeseal.ota_server.routes_common import json_body, run_read, state_change
+from edgeseal.ota_server.routes_common import json_body, no_body, run_read, state_change
 
 
 def register_devices(app: FastAPI, ctx: ServerContext) -> None:
@@ -29,3 +35,10 @@ def register_devices(app: FastAPI, ctx: ServerContext) -> None:
             return devices.add_device(ctx, s, p, body)
 
         return await state_change(ctx, request, "device.add", json_body(ctx), work, status=201)
+
+    @app.post("/api/v1/devices/{device_id}/revoke")
+    async def revoke_device(request: Request, device_id: str) -> JSONResponse:
+        def work(s: Session, p: Principal, _body: Any) -> tuple[Any, dict[str, Any]]:
+            return devices.revoke_device(ctx, s, p, device_id)
+
+        return await state_change(ctx, request, "device.revoke", no_body(ctx), work)

@@ -2,11 +2,13 @@
 
 A bundle (format: :mod:`edgeseal.sdk.trust_bundle`) lists every enrolled
 device - its hardware class, AK, EK certificate hash, boot-state baseline and
-whether it is revoked - and every published or yanked release with its
-plaintext digest, so ``edgeseal attest`` can say whether the model a device
-runs is one the fleet published. It is signed with the server's *bundle key*
-and expires after ``valid_days`` (30 by default): a stolen laptop's bundle
-ages out, and a revocation reaches technicians with the next export.
+whether it is revoked (a device revoked before it enrolled is not listed: an
+unlisted device fails the technician's check anyway) - and every published
+or yanked release with its plaintext digest, so ``edgeseal attest`` can say
+whether the model a device runs is one the fleet published. It is signed
+with the server's *bundle key* and expires after ``valid_days`` (30 by
+default): a stolen laptop's bundle ages out, and a revocation reaches
+technicians with the next export.
 
 The bundle key lives in :mod:`edgeseal.ota_server.bundle_key`; technicians
 pin its public key (``edgeseal-server attest bundle-key``).
@@ -24,7 +26,13 @@ from sqlalchemy.orm import Session
 
 from edgeseal.ota_server import db
 from edgeseal.ota_server.bundle_key import load_bundle_key
-from edgeseal.ota_server.db import DeviceAttestationRow, DeviceRow, ReleaseRow, isotime
+from edgeseal.ota_server.db import (
+    NOT_ENROLLED,
+    DeviceAttestationRow,
+    DeviceRow,
+    ReleaseRow,
+    isotime,
+)
 from edgeseal.ota_server.service_errors import BadRequestError, ConflictError
 from edgeseal.sdk.trust_bundle import MAX_BUNDLE_BYTES, sign_trust_bundle
 
@@ -60,6 +68,8 @@ def _devices(session: Session) -> list[dict[str, Any]]:
     rows = session.execute(
         select(DeviceAttestationRow, DeviceRow.hardware_class)
         .join(DeviceRow, DeviceRow.id == DeviceAttestationRow.device_id)
+        # a device revoked before it enrolled has no AK to attest against: left out
+        .where(DeviceAttestationRow.enrolled != NOT_ENROLLED)
         .order_by(DeviceAttestationRow.device_id)
     )
     return [

@@ -9,8 +9,9 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from edgeseal.ota_server.cli.common import add_json, cli_actor, open_context, print_json
-from edgeseal.ota_server.devices import MAX_PEM, add_device
-from edgeseal.ota_server.enrollment import revoke
+from edgeseal.ota_server.devices import MAX_PEM, add_device, revoke_device
+from edgeseal.ota_server.revocation import get_device, is_revoked
+from edgeseal.ota_server.service_errors import ConflictError
 from edgeseal.sdk.cli.common import CLIError, open_input
 
 
@@ -31,12 +32,14 @@ def register(sub: Any) -> None:
     c.set_defaults(func=run_add)
     r: argparse.ArgumentParser = dsub.add_parser(
         "revoke",
-        help="revoke an enrolled device: trust bundles then fail it",
+        help="revoke a device: no envelopes, no broker access, no enrollment",
         description=(
-            "Mark the device's enrollment revoked. Trust bundles exported from now on list it "
-            "as revoked, so a technician's `edgeseal attest` fails it, and it cannot enroll "
-            "again. Export and hand out a fresh bundle. Envelopes of new releases are still "
-            "published for it."
+            "Revoke the device, enrolled or not: its envelopes are removed from the TUF "
+            "repository and new releases publish none for it, its MQTT credentials are "
+            "removed (a running broker reloads and disconnects it), it cannot enroll again, "
+            "and trust bundles exported from now on fail it (export and hand out a fresh "
+            "one). Content keys it already fetched cannot be taken back. Revoking again is "
+            "harmless and finishes an interrupted revocation."
         ),
     )
     r.add_argument("--id", required=True, dest="device_id", help="device id")
@@ -48,7 +51,8 @@ def register(sub: Any) -> None:
         description=(
             "Write a new random broker password for the device (user name = device id) to "
             "--output (mode 0600), to be installed on the device as its mqtt_password_file. "
-            "A running broker re-reads its password file at once."
+            "A running broker re-reads its password file at once. Refused for a device that "
+            "is not registered or is revoked."
         ),
     )
     m.add_argument("--id", required=True, dest="device_id", help="device id")
@@ -90,10 +94,9 @@ def run_revoke(args: argparse.Namespace) -> int:
     try:
 
         def work(session: Session) -> tuple[Any, dict[str, Any]]:
-            record = revoke(session, args.device_id)
-            return record, {"device": record.device_id}
+            return revoke_device(ctx, session, None, args.device_id)
 
-        ctx.mutate(
+        answer = ctx.mutate(
             actor=cli_actor(),
             action="device.revoke",
             target=f"devices/{args.device_id}",
@@ -102,9 +105,15 @@ def run_revoke(args: argparse.Namespace) -> int:
     finally:
         ctx.close()
     if args.json:
-        print_json({"id": args.device_id, "revoked": True})
+        print_json(answer)
     else:
-        print(f"device {args.device_id} revoked; export a fresh trust bundle for technicians")
+        again = " (it was already revoked)" if answer["already_revoked"] else ""
+        mqtt = "removed" if answer["mqtt_credentials_removed"] else "none to remove"
+        print(
+            f"device {args.device_id} revoked{again}: "
+            f"{len(answer['envelopes_removed'])} envelope(s) removed, MQTT credentials {mqtt}; "
+            "export a fresh trust bundle for technicians"
+        )
     return 0
 
 
@@ -119,11 +128,15 @@ def run_mqtt_credentials(args: argparse.Namespace) -> int:
     ctx = open_context(args)
     try:
 
-        def work(_session: Session) -> tuple[Any, dict[str, Any]]:
+        def work(session: Session) -> tuple[Any, dict[str, Any]]:
+            get_device(session, args.device_id)
+            if is_revoked(session, args.device_id):
+                raise ConflictError(
+                    f"device {args.device_id} is revoked: it gets no broker credentials"
+                )
             broker = MosquittoBroker(data.broker)
-            password = broker.add_device_credentials(args.device_id)
+            password = broker.add_device_credentials(args.device_id)  # reloads a running broker
             atomic_write(args.output, password.encode() + b"\n", mode=0o600)
-            _signal_broker(broker.pid_file)
             return None, {"device": args.device_id}
 
         ctx.mutate(
@@ -136,17 +149,3 @@ def run_mqtt_credentials(args: argparse.Namespace) -> int:
         ctx.close()
     print(f"MQTT password for {args.device_id} written to {args.output}")
     return 0
-
-
-def _signal_broker(pid_file: Path) -> None:
-    """SIGHUP the broker ``edgeseal-server run`` started, so it re-reads its passwords."""
-    import contextlib
-    import os
-    import signal
-
-    try:
-        pid = int(pid_file.read_text().strip())
-    except (OSError, ValueError):
-        return  # not running: it reads the file when it starts
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.kill(pid, signal.SIGHUP)

@@ -269,11 +269,19 @@ class Repository:
         add: Mapping[str, bytes],
         remove: Sequence[str] = (),
         now: datetime | None = None,
-    ) -> None:
-        """Publish and/or remove envelope targets; re-sign only the bins they fall in."""
+        *,
+        missing_ok: bool = False,
+    ) -> list[str]:
+        """Publish and/or remove envelope targets; re-sign only the bins they fall in.
+
+        Returns the paths removed. ``missing_ok`` skips removals of envelopes no
+        bin lists (a revocation or a yank removing whatever is still there); a
+        call that then changes nothing writes nothing. Without it, such a
+        removal is refused (:class:`~edgeseal.ota_server.errors.UnknownTargetError`).
+        """
         now = utc_now(now)
         if not add and not remove:
-            return
+            return []
         targets = {path: env.envelope_target(path, data) for path, data in add.items()}
         with self._store.locked():
             state = self._load()
@@ -284,16 +292,26 @@ class Repository:
             signer = self._online_signer(ENVELOPES, state.root.signed, state.targets.signed)
             expires = expires_at(now, self.expiry.envelopes)
             changes = Changes()
-            for name, (bin_add, bin_remove) in sorted(env.plan(succinct, targets, remove).items()):
+            removed: list[str] = []
+            for name, (bin_add, planned) in sorted(env.plan(succinct, targets, remove).items()):
                 current = self._role(state, name)
                 if current is None:
                     raise RepositoryStateError(f"the snapshot lists no metadata for bin {name}")
+                bin_remove = (
+                    [p for p in planned if p in current.signed.targets] if missing_ok else planned
+                )
+                if not bin_add and not bin_remove:
+                    continue
                 md = env.next_bin(name, current.signed, bin_add, bin_remove, expires)
                 sign(md, [signer])
                 changes.put(name, md)
+                removed.extend(bin_remove)
+            if not changes.mds:
+                return []
             for path, target in targets.items():
                 self._store.store_blob(target_blob_path(path, target.hashes["sha256"]), add[path])
             self._finish(state, changes, now)
+        return sorted(removed)
 
     def refresh_online(self, now: datetime | None = None) -> list[str]:
         """Re-sign online roles with less than half their lifetime left; return their names."""
