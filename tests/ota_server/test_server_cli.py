@@ -56,6 +56,12 @@ def test_init_layout_and_permissions(initialized: tuple[Path, Path, str]) -> Non
     data, officers, _ = initialized
     assert (data / "server.toml").read_text().count("version = 1") == 1
     assert oct((data / "keys").stat().st_mode & 0o777) == "0o700"
+    # Searchable by mosquitto's user (it drops privileges), listable by nobody else;
+    # nothing directly inside is readable by others except the public repository.
+    assert oct(data.stat().st_mode & 0o777) == "0o711"
+    for entry in data.iterdir():
+        if entry.name not in ("repository", "broker"):
+            assert entry.stat().st_mode & 0o007 == 0, entry
     for key in (data / "keys").iterdir():
         assert key.stat().st_mode & 0o077 == 0, key
     assert (data / "repository" / "metadata" / "1.root.json").is_file()

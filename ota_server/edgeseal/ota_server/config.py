@@ -211,7 +211,10 @@ class DataDir:
     def create_dirs(self) -> None:
         """Create the directory tree with private permissions where it matters."""
         self.root.mkdir(parents=True, exist_ok=True)
-        self.root.chmod(0o700)
+        # Searchable, not listable: mosquitto, which drops to its own user when started
+        # as root, must reach broker/ (0750 root:mosquitto). Everything secret in here
+        # is 0600 or in a 0700 directory; the repository is public anyway.
+        self.root.chmod(0o711)
         self.keys.mkdir(mode=0o700, exist_ok=True)
         self.keys.chmod(0o700)
         self.uploads.mkdir(mode=0o700, exist_ok=True)
