@@ -1,7 +1,7 @@
 """The OTA server's web app: the factory, error handlers and the online re-signing loop.
 
 The routes live in one module per resource (``routes_public``, ``routes_admin``,
-``routes_devices``, ``routes_releases``, ``routes_enroll``) over the plumbing of
+``routes_devices``, ``routes_releases``, ``routes_enroll``, ``routes_keys``) over the plumbing of
 :mod:`edgeseal.ota_server.routes_common`.
 
 Order of checks on a state-changing call: token, then body size and syntax,
@@ -33,6 +33,7 @@ from edgeseal.ota_server.routes_admin import register_admin
 from edgeseal.ota_server.routes_common import error_response, exception_response
 from edgeseal.ota_server.routes_devices import register_devices
 from edgeseal.ota_server.routes_enroll import register_enroll
+from edgeseal.ota_server.routes_keys import register_keys
 from edgeseal.ota_server.routes_public import register_public
 from edgeseal.ota_server.routes_releases import register_releases
 from edgeseal.sdk.errors import EdgesealError
@@ -94,6 +95,7 @@ def build_app(ctx: ServerContext) -> FastAPI:
     register_devices(app, ctx)
     register_releases(app, ctx)
     register_enroll(app, ctx)
+    register_keys(app, ctx)
     return app
 
 

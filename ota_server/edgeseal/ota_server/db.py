@@ -143,6 +143,22 @@ class EnrollmentChallengeRow(Base):
     expires: Mapped[str] = mapped_column(String(32))
 
 
+class KeyReleaseChallengeRow(Base):
+    """An open attested key release (:mod:`edgeseal.ota_server.key_release`): single use,
+    two minutes, at most one per device. Only what the release step checks is kept:
+    which device asked for which release, the nonce its quote must be bound to, the
+    PCRs it must quote, and when the challenge expires."""
+
+    __tablename__ = "key_release_challenges"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), unique=True)
+    release_id: Mapped[str] = mapped_column(ForeignKey("releases.id"))
+    nonce: Mapped[bytes] = mapped_column(LargeBinary)
+    pcrs: Mapped[list[int]] = mapped_column(JSON)
+    expires: Mapped[str] = mapped_column(String(32))
+
+
 class AuditRow(Base):
     __tablename__ = "audit"
 

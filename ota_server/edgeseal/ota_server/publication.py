@@ -14,6 +14,7 @@ Runs inside the caller's database transaction, like :mod:`edgeseal.ota_server.re
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,24 @@ def _delivers_envelopes(row: ReleaseRow) -> bool:
     return row.header is not None and row.custom.get("key_release", "envelope") == "envelope"
 
 
+def seal_content_key(
+    ctx: ServerContext, row: ReleaseRow, devices: Sequence[DeviceRow]
+) -> list[bytes]:
+    """``row``'s content key, opened from its KEK envelope, sealed to each device's decryption
+    key and bound to the release's sealed header: one HPKE envelope per device, in order.
+
+    The one recipe of every device envelope, published (below) or released on a quote
+    (:mod:`edgeseal.ota_server.key_release`). It does not ask whether the device may have it.
+    """
+    if row.header is None:
+        raise ConflictError(f"release {row.id} has no checked sealed model: no key to seal")
+    return ctx.kek.reseal(
+        row.kek_envelope,
+        decode_header(row.header),
+        [device_public_key(d.public_key_pem) for d in devices],
+    )
+
+
 def envelopes_for_release(
     ctx: ServerContext, session: Session, row: ReleaseRow
 ) -> dict[str, bytes]:
@@ -112,10 +131,7 @@ def envelopes_for_release(
             .order_by(DeviceRow.id)
         )
     )
-    header = decode_header(row.header)
-    sealed = ctx.kek.reseal(
-        row.kek_envelope, header, [device_public_key(d.public_key_pem) for d in devices]
-    )
+    sealed = seal_content_key(ctx, row, devices)
     return {
         envelope_target_path(d.id, row.family, row.version): env
         for d, env in zip(devices, sealed, strict=True)
@@ -135,12 +151,10 @@ def envelopes_for_device(
     rows = session.scalars(
         select(ReleaseRow).where(ReleaseRow.state.in_((db.PUBLISHED, db.YANK_AWAITING_SIGNATURES)))
     )
-    public_key = device_public_key(device.public_key_pem)
     for row in rows:
         if device.hardware_class not in row.hardware or not _delivers_envelopes(row):
             continue
-        assert row.header is not None
-        (envelope,) = ctx.kek.reseal(row.kek_envelope, decode_header(row.header), [public_key])
+        (envelope,) = seal_content_key(ctx, row, [device])
         out[envelope_target_path(device.id, row.family, row.version)] = envelope
     return out
 
