@@ -3,8 +3,9 @@
 The device is a real emulated one (swtpm with an EK certificate from the test
 CA); the fake server does what the contract says the OTA server does with the
 sdk's pure building blocks (MakeCredential to the EK from the certificate,
-verify the quote over its nonce) and checks the shape of every request. The
-full agent-against-the-real-server flow is tests/integration/test_attestation_e2e.py.
+verify the quote over its nonce) and checks the shape of every request; with
+``mqtt`` set it answers a broker login too, as a server running a broker does.
+The full agent-against-the-real-server flow is tests/integration/test_attestation_e2e.py.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import base64
 import datetime as dt
 import json
 import logging
+import os
 import secrets
+import stat
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -29,12 +32,17 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from edgeseal.device_agent.cli import main as agent_main
+from edgeseal.device_agent.config import AgentConfig, load_config
 from edgeseal.device_agent.enroll import (
     ENROLLMENT_FILE,
     EnrollChallenge,
     EnrollmentError,
+    MQTTCredentials,
+    install_mqtt_credentials,
+    mqtt_drop_in_text,
     select_ek_certificate,
 )
+from edgeseal.device_agent.mqtt_link import MQTTLinkSettings
 from edgeseal.hardware.emulated import EmulatedDevice
 from edgeseal.sdk.credential import make_credential
 from edgeseal.sdk.errors import AttestationError
@@ -43,6 +51,8 @@ from edgeseal.sdk.tpm_wire import tpm_name
 
 TOKEN = "op-" + "t0k3n" * 8
 PROFILE_PCRS = [0, 4, 9, 15]
+MQTT_PASSWORD = "mq-" + "pAssw0rd" * 5
+MQTT_URL = "mqtt://broker.example.com:1883"
 
 
 # --- the fake server --------------------------------------------------------------------------
@@ -57,6 +67,8 @@ class FakeServer:
     requests: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     challenges: dict[str, dict[str, Any]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    #: The ``mqtt`` block of finish's answer (a server running a broker), or None.
+    mqtt: dict[str, Any] | None = None
 
     def start(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         if set(body) != {"device_id", "ek_certificate", "ak_public"}:
@@ -105,7 +117,10 @@ class FakeServer:
             )
         except AttestationError as exc:
             return 400, {"error": {"code": "bad_quote", "message": exc.message}}
-        return 200, {"device_id": challenge["device_id"], "enrolled": True}
+        answer: dict[str, Any] = {"device_id": challenge["device_id"], "enrolled": True}
+        if self.mqtt is not None:
+            answer["mqtt"] = self.mqtt
+        return 200, answer
 
 
 def _handler(server: FakeServer) -> type[BaseHTTPRequestHandler]:
@@ -156,6 +171,7 @@ class Device:
     config: Path
     token_file: Path
     state_dir: Path
+    mqtt_password_file: Path
 
 
 @pytest.fixture
@@ -166,6 +182,8 @@ def device(tmp_path: Path, swtpm_ca: Path, fake_server: FakeServer) -> Iterator[
     try:
         state_dir = tmp_path / "state"
         config = tmp_path / "agent.toml"
+        # never the default /etc/edgeseal/mqtt-password: enroll writes there
+        password_file = tmp_path / "etc" / "mqtt-password"
         config.write_text(
             "version = 1\n"
             'device_id = "enroll-1"\n'
@@ -173,11 +191,12 @@ def device(tmp_path: Path, swtpm_ca: Path, fake_server: FakeServer) -> Iterator[
             f'key_backend = "emulated:{emulated.state_dir}"\n'
             'profile = "emulated"\n'
             f'server_url = "{fake_server.url}"\n'
+            f'mqtt_password_file = "{password_file}"\n'
         )
         token_file = tmp_path / "operator.token"
         token_file.write_text(TOKEN + "\n")
         token_file.chmod(0o600)
-        yield Device(emulated, config, token_file, state_dir)
+        yield Device(emulated, config, token_file, state_dir, password_file)
     finally:
         emulated.stop()
 
@@ -221,6 +240,93 @@ def test_enroll_runs_the_handshake_and_records_it(
     assert enroll(device, "--json") == 0
     again = json.loads(capsys.readouterr().out)
     assert again["ak_created"] is False and again["ak_name"] == record["ak_name"]
+    # a server without a broker issues no MQTT login, and nothing MQTT is written
+    assert again["mqtt"] is None and "MQTT" not in out.out
+    assert not device.mqtt_password_file.exists()
+    assert not device.config.with_name("agent.toml.d").exists()
+
+
+def _mqtt_answer(password: str = MQTT_PASSWORD) -> dict[str, Any]:
+    return {"url": MQTT_URL, "username": "enroll-1", "password": password}
+
+
+@pytest.mark.swtpm
+def test_enroll_installs_the_mqtt_login_for_run(
+    device: Device,
+    fake_server: FakeServer,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    fake_server.mqtt = _mqtt_answer()
+    assert enroll(device) == 0
+    out = capsys.readouterr()
+    assert fake_server.problems == []
+    password_file = device.mqtt_password_file
+    assert password_file.read_text() == MQTT_PASSWORD + "\n"
+    assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
+    drop_in = device.config.with_name("agent.toml.d") / "50-mqtt.toml"
+    assert stat.S_IMODE(drop_in.stat().st_mode) == 0o644
+    assert MQTT_URL in out.out and str(password_file) in out.out and str(drop_in) in out.out
+
+    # the next `run` reads exactly this: the config names the broker and the file
+    config = load_config(device.config, env={})
+    assert isinstance(config, AgentConfig)
+    assert (config.mqtt_url, config.mqtt_password_file) == (MQTT_URL, password_file)
+    settings = MQTTLinkSettings.from_config(
+        url=config.mqtt_url,
+        device_id=config.device_id,
+        password_file=config.mqtt_password_file,
+        family="detector",
+    )
+    assert settings.password == MQTT_PASSWORD and settings.endpoint.host == "broker.example.com"
+
+    # the password is nowhere else
+    record = (device.state_dir / ENROLLMENT_FILE).read_text()
+    for text in (out.out, out.err, caplog.text, record, drop_in.read_text()):
+        assert MQTT_PASSWORD not in text
+
+    # re-enrolling rotates it; an environment override is pointed out, not fought
+    fake_server.mqtt = _mqtt_answer("mq-" + "r0tated!" * 5)
+    monkeypatch.setenv("EDGESEAL_AGENT_MQTT_URL", "mqtt://elsewhere:1883")
+    assert enroll(device, "--json") == 0
+    out = capsys.readouterr()
+    doc = json.loads(out.out)
+    assert doc["mqtt"] == {
+        "url": MQTT_URL,
+        "username": "enroll-1",
+        "password_file": str(password_file),
+        "drop_in": str(drop_in),
+    }
+    assert "overrides it" in out.err and "mqtt://elsewhere:1883" in out.err
+    assert password_file.read_text() == "mq-" + "r0tated!" * 5 + "\n"
+    assert "r0tated" not in out.out + out.err + caplog.text
+
+
+@pytest.mark.swtpm
+def test_mqtt_login_that_cannot_be_written_fails_after_recording_the_enrollment(
+    device: Device, fake_server: FakeServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    device.mqtt_password_file.parent.parent.mkdir(exist_ok=True)
+    device.mqtt_password_file.parent.write_text("a file, not a directory")
+    fake_server.mqtt = _mqtt_answer()
+    assert enroll(device) == 1
+    err = capsys.readouterr().err
+    assert "could not be installed" in err and "enroll again" in err
+    assert MQTT_PASSWORD not in err
+    assert (device.state_dir / ENROLLMENT_FILE).exists()  # the server did enroll it
+
+
+@pytest.mark.swtpm
+def test_a_malformed_mqtt_answer_is_refused(
+    device: Device, fake_server: FakeServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_server.mqtt = _mqtt_answer() | {"username": "someone-else"}
+    assert enroll(device) == 1
+    err = capsys.readouterr().err
+    assert "user name" in err and MQTT_PASSWORD not in err
+    assert not device.mqtt_password_file.exists()
 
 
 @pytest.mark.swtpm
@@ -343,3 +449,55 @@ def test_challenge_from_the_server_is_checked(change: dict[str, Any], match: str
     assert EnrollChallenge.from_json(GOOD_CHALLENGE).pcrs == (0, 4, 9, 15)
     with pytest.raises(EnrollmentError, match=match):
         EnrollChallenge.from_json({**GOOD_CHALLENGE, **change})
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"url": "http://broker:1883"}, "mqtt:// or mqtts://"),
+        ({"url": "mqtt://u:p@broker"}, "no credentials"),
+        ({"username": "other"}, "user name"),
+        ({"password": "short"}, "16..256"),
+        ({"password": MQTT_PASSWORD + " x"}, "without spaces"),
+        ({"password": "p" * 257}, "16..256"),
+        ({"password": 42}, "printable"),
+        ({"extra": 1}, "url, username, password"),
+    ],
+)
+def test_mqtt_answer_from_the_server_is_checked(change: dict[str, Any], match: str) -> None:
+    good = _mqtt_answer()
+    credentials = MQTTCredentials.from_json(good, "enroll-1")
+    assert credentials.password == MQTT_PASSWORD and MQTT_PASSWORD not in repr(credentials)
+    with pytest.raises(EnrollmentError, match=match) as info:
+        MQTTCredentials.from_json(good | change, "enroll-1")
+    assert MQTT_PASSWORD not in info.value.diagnostics()
+    with pytest.raises(EnrollmentError):
+        MQTTCredentials.from_json([good], "enroll-1")
+
+
+def test_drop_in_escapes_what_it_names(tmp_path: Path) -> None:
+    odd = tmp_path / 'dir "quoted" \\ back' / "pw"
+    text = mqtt_drop_in_text("mqtt://[::1]:1883", odd)
+    config = tmp_path / "agent.toml"
+    config.write_text('version = 1\nmqtt_url = "mqtt://old:1"\n')
+    (tmp_path / "agent.toml.d").mkdir()
+    (tmp_path / "agent.toml.d" / "50-mqtt.toml").write_text(text)
+    loaded = load_config(config)
+    assert (loaded.mqtt_url, loaded.mqtt_password_file) == ("mqtt://[::1]:1883", odd)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a file to another user")
+def test_password_file_goes_to_the_agents_user_when_enroll_runs_as_root(tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    os.chown(state_dir, 65534, 65534)  # the agent's user owns its state directory
+    credentials = MQTTCredentials(MQTT_URL, "enroll-1", MQTT_PASSWORD)
+    done = install_mqtt_credentials(
+        credentials,
+        config_file=tmp_path / "agent.toml",
+        password_file=tmp_path / "mqtt-password",
+        state_dir=state_dir,
+    )
+    st = done.password_file.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (65534, 65534, 0o600)
+    assert done.drop_in == tmp_path / "agent.toml.d" / "50-mqtt.toml"

@@ -133,7 +133,9 @@ def test_enrollment_records_ak_ek_hash_and_baseline(env: Env) -> None:
     assert challenge.pcrs == (0, 4, 9, 15)
     assert len(challenge.nonce) == 32
     secret, pcrs, quote = answer(tpm, challenge)
-    record = env.enrollment.finish(challenge.challenge_id, secret, pcrs, quote)
+    enrolled = env.enrollment.finish(challenge.challenge_id, secret, pcrs, quote)
+    assert enrolled.mqtt is None  # this server runs no broker
+    record = enrolled.record
     assert record.device_id == "dev-1"
     assert record.ak_public == tpm.ak_public
     assert record.pcrs == BASELINE and record.pcr_bank == "sha256"
@@ -178,7 +180,7 @@ def test_only_the_root_and_the_intermediate_together_make_a_chain(env: Env) -> N
     with pytest.raises(UntrustedEkError):  # the device sends only its EK certificate
         env.enrollment.start("dev-1", tpm.ek_certificate, tpm.ak_public)
     add_ek_cas(env.ctx.data.ek_ca, env.ca.issuer_pem(), source="issuer")
-    assert enroll(env, tpm).device_id == "dev-1"
+    assert enroll(env, tpm).record.device_id == "dev-1"
 
 
 def test_ecc_and_malformed_ek_certificates(env: Env) -> None:
@@ -245,7 +247,8 @@ def test_a_new_start_replaces_the_open_challenge(env: Env) -> None:
     second = env.enrollment.start("dev-1", tpm.ek_certificate, tpm.ak_public)
     with pytest.raises(NotFoundError):
         env.enrollment.finish(first.challenge_id, *answer(tpm, first))
-    assert env.enrollment.finish(second.challenge_id, *answer(tpm, second)).device_id == "dev-1"
+    enrolled = env.enrollment.finish(second.challenge_id, *answer(tpm, second))
+    assert enrolled.record.device_id == "dev-1"
 
 
 def test_quote_with_the_wrong_nonce(env: Env) -> None:
@@ -289,7 +292,9 @@ def test_re_enroll_same_ak_refreshes_baseline_another_ak_conflicts(env: Env) -> 
     enroll(env, tpm)
     challenge = env.enrollment.start("dev-1", tpm.ek_certificate, tpm.ak_public)
     new_baseline = pcr_values(tag=b"firmware 2")
-    record = env.enrollment.finish(challenge.challenge_id, *answer(tpm, challenge, new_baseline))
+    record = env.enrollment.finish(
+        challenge.challenge_id, *answer(tpm, challenge, new_baseline)
+    ).record
     assert record.pcrs == new_baseline
     assert env.entries()[-1].details["re_enrolled"] is True
     other = SoftTpm(env.ca)
@@ -338,7 +343,8 @@ def test_pcrs_come_from_the_hardware_class(env: Env) -> None:
     challenge = env.enrollment.start("pc-1", tpm.ek_certificate, tpm.ak_public)
     assert challenge.pcrs == (0, 4, 7, 9, 15)
     pcrs = pcr_values(challenge.pcrs)
-    assert env.enrollment.finish(challenge.challenge_id, *answer(tpm, challenge, pcrs)).pcrs == pcrs
+    enrolled = env.enrollment.finish(challenge.challenge_id, *answer(tpm, challenge, pcrs))
+    assert enrolled.record.pcrs == pcrs
 
 
 def test_default_pcr_table_matches_the_board_profiles() -> None:

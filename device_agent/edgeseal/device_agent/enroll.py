@@ -13,7 +13,17 @@ docs/dev/attestation-contracts.md:
 3. TPM2_ActivateCredential (TPM 2.0 Part 1 §24) recovers the secret only if
    AK and EK are in this TPM; quote the PCRs with the AK over the nonce;
 4. ``POST /v1/enroll/finish`` with the secret, the PCR values and the quote;
-   the server records the AK and the PCRs as the device's baseline.
+   the server records the AK and the PCRs as the device's baseline and, when
+   it runs an MQTT broker, answers the device's broker login
+   (:class:`MQTTCredentials`: URL, user name = device id, password).
+
+:func:`install_mqtt_credentials` puts that login where ``edgeseal-agent run``
+looks: the password in the configuration's ``mqtt_password_file`` (0600,
+atomically; given to the state directory's owner - the agent's user - when
+enroll runs as root), and a drop-in ``FILE.d/50-mqtt.toml`` naming
+``mqtt_url`` and ``mqtt_password_file``, rewritten at every enrollment (a
+drop-in sorting after it, or the environment, still overrides it). The
+password goes nowhere else: not to ``enrollment.json``, stdout or a log.
 
 :func:`enroll` runs it against a :class:`~edgeseal.hardware.backend.KeyBackend`
 and an :class:`EnrollmentClient`; :func:`select_ek_certificate` and
@@ -28,10 +38,13 @@ import base64
 import binascii
 import datetime as dt
 import hashlib
+import json
 import logging
+import os
 import re
+import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +56,9 @@ from edgeseal.device_agent.state import ensure_dir, timestamp, utc_now, write_js
 from edgeseal.hardware.backend import KeyBackend
 from edgeseal.hardware.errors import KeyNotFoundError
 from edgeseal.sdk.client import ManagementClient
+from edgeseal.sdk.errors import FormatError
+from edgeseal.sdk.files import atomic_write, atomic_writer
+from edgeseal.sdk.mqtt_messages import parse_mqtt_url
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +74,12 @@ MAX_NONCE_BYTES = 32
 SECRET_BYTES = 32
 PCR_COUNT = 24
 _CHALLENGE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+#: The drop-in enroll writes next to the configuration file (``FILE.d/``).
+MQTT_DROP_IN = "50-mqtt.toml"
+#: A broker password from the server: printable ASCII without spaces, bounded.
+MAX_MQTT_PASSWORD = 256
+_MQTT_PASSWORD = re.compile(rf"[\x21-\x7e]{{16,{MAX_MQTT_PASSWORD}}}")
+_MQTT_KEYS = frozenset({"url", "username", "password"})
 
 
 class EnrollmentError(AgentError):
@@ -150,6 +172,43 @@ class EnrollChallenge:
         )
 
 
+@dataclass(frozen=True)
+class MQTTCredentials:
+    """The broker login the server answers at ``finish`` (when it runs a broker), checked."""
+
+    url: str
+    username: str
+    password: str = field(repr=False)
+
+    @classmethod
+    def from_json(cls, doc: Any, device_id: str) -> MQTTCredentials:
+        """``{"url", "username", "password"}``; errors never quote the password."""
+        if not isinstance(doc, dict) or set(doc) != _MQTT_KEYS:
+            raise EnrollmentError(
+                "the server's mqtt answer must be an object of url, username, password",
+                field="mqtt",
+            )
+        url = doc["url"]
+        try:
+            parse_mqtt_url(url)
+        except FormatError as exc:
+            raise EnrollmentError(
+                f"the server's MQTT URL: {exc.message}", field="mqtt.url"
+            ) from None
+        if doc["username"] != device_id:
+            raise EnrollmentError(
+                "the server's MQTT user name is not this device's id", field="mqtt.username"
+            )
+        password = doc["password"]
+        if not isinstance(password, str) or not _MQTT_PASSWORD.fullmatch(password):
+            raise EnrollmentError(
+                f"the server's MQTT password must be 16..{MAX_MQTT_PASSWORD} printable ASCII "
+                "characters without spaces",
+                field="mqtt.password",
+            )
+        return cls(url=url, username=device_id, password=password)
+
+
 class EnrollmentClient(ManagementClient):
     """The OTA server's enrollment routes (operator token), on the sdk's management client:
     same bounds, no redirects, plain HTTP only to loopback, the token never logged."""
@@ -196,6 +255,8 @@ class EnrollmentRecord:
     pcrs: dict[str, str]
     enrolled_at: str
     ak_created: bool
+    #: The broker login the server issued (not persisted here: see install_mqtt_credentials).
+    mqtt: MQTTCredentials | None = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -248,6 +309,7 @@ def enroll(
     answer = client.enroll_finish(challenge.challenge_id, secret, pcrs, attest, signature)
     if answer.get("enrolled") is not True or answer.get("device_id") != device_id:
         raise EnrollmentError("the server did not confirm the enrollment of this device")
+    mqtt = MQTTCredentials.from_json(answer["mqtt"], device_id) if "mqtt" in answer else None
     return EnrollmentRecord(
         device_id=device_id,
         server=client.base_url,
@@ -257,6 +319,7 @@ def enroll(
         pcrs={str(i): value.hex() for i, value in pcrs.items()},
         enrolled_at=timestamp(now or utc_now()),
         ak_created=created,
+        mqtt=mqtt,
     )
 
 
@@ -268,13 +331,73 @@ def write_enrollment(state_dir: Path, record: EnrollmentRecord) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class MQTTInstall:
+    """Where :func:`install_mqtt_credentials` put the broker login."""
+
+    url: str
+    username: str
+    password_file: Path
+    drop_in: Path
+
+
+def mqtt_drop_in_text(url: str, password_file: Path) -> str:
+    """The TOML of ``FILE.d/50-mqtt.toml`` (JSON string escapes are valid TOML basic strings)."""
+    text = (
+        "# Written by `edgeseal-agent enroll`: the OTA server's MQTT broker (release hints,\n"
+        "# telemetry). Rewritten at every enrollment; to override, use a drop-in that sorts\n"
+        "# after this one (e.g. 90-local.toml) or EDGESEAL_AGENT_MQTT_URL.\n"
+        "version = 1\n"
+        f"mqtt_url = {json.dumps(url)}\n"
+        f"mqtt_password_file = {json.dumps(str(password_file))}\n"
+    )
+    tomllib.loads(text)  # what we write must load
+    return text
+
+
+def install_mqtt_credentials(
+    credentials: MQTTCredentials, *, config_file: Path, password_file: Path, state_dir: Path
+) -> MQTTInstall:
+    """Write the password to ``password_file`` and the drop-in next to ``config_file``.
+
+    The password file is replaced atomically with mode 0600; when this runs as root
+    and ``state_dir`` belongs to another user (the agent's, under systemd), that user
+    gets the file, so the agent can read it. Raises OSError.
+    """
+    password_file = Path(password_file).absolute()
+    password_file.parent.mkdir(parents=True, exist_ok=True)
+    owner: tuple[int, int] | None = None
+    if os.geteuid() == 0:
+        try:
+            st = Path(state_dir).stat()
+        except OSError:
+            st = None
+        if st is not None and st.st_uid != 0:
+            owner = (st.st_uid, st.st_gid)
+    with atomic_writer(password_file, mode=0o600) as handle:
+        if owner is not None:
+            os.fchown(handle.fileno(), *owner)
+        handle.write(credentials.password.encode("ascii") + b"\n")
+    config_file = Path(config_file)
+    drop_in = config_file.with_name(config_file.name + ".d") / MQTT_DROP_IN
+    drop_in.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(drop_in, mqtt_drop_in_text(credentials.url, password_file).encode(), mode=0o644)
+    log.info("enroll: MQTT login for %s installed (%s)", credentials.url, drop_in)
+    return MQTTInstall(credentials.url, credentials.username, password_file, drop_in)
+
+
 __all__ = [
     "ENROLLMENT_FILE",
+    "MQTT_DROP_IN",
     "EnrollChallenge",
     "EnrollmentClient",
     "EnrollmentError",
     "EnrollmentRecord",
+    "MQTTCredentials",
+    "MQTTInstall",
     "enroll",
+    "install_mqtt_credentials",
+    "mqtt_drop_in_text",
     "select_ek_certificate",
     "write_enrollment",
 ]

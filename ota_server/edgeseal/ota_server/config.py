@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from edgeseal.ota_server.service_errors import ConfigError
+from edgeseal.sdk.errors import FormatError
 from edgeseal.sdk.files import atomic_write
 from edgeseal.sdk.hazmat.format import NAME_RULE, is_valid_name
+from edgeseal.sdk.mqtt_messages import MQTTEndpoint, parse_mqtt_url
 
 CONFIG_VERSION = 1
 CONFIG_FILE = "server.toml"
@@ -39,6 +41,8 @@ DEFAULT_ATTESTATION_PCRS: Mapping[str, tuple[int, ...]] = {
 }
 #: PCR indices of a TPM 2.0 PC Client platform (TCG PC Client PFP, 0..23).
 MAX_PCR_INDEX = 23
+#: ``mqtt_bind`` values that listen on every address: they name no host a device can use.
+WILDCARD_BINDS = frozenset({"", "0.0.0.0", "::"})  # noqa: S104 - names, not binds
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -70,6 +74,12 @@ class ServerConfig:
     #: telemetry; 0 means no broker. It binds to ``mqtt_bind``.
     mqtt_port: int = 0
     mqtt_bind: str = "127.0.0.1"
+    #: Where *devices* reach that broker (``mqtt://host:port`` or ``mqtts://``), as
+    #: enrollment tells them. Empty: ``mqtt://<mqtt_bind>:<mqtt_port>``, or, when
+    #: ``mqtt_bind`` is a wildcard address, the host name the enrolling device used to
+    #: reach this server (see :meth:`device_mqtt_url`). Set it when devices reach the
+    #: broker under another name (NAT, DNS, a TLS-terminating proxy, a broker cluster).
+    mqtt_public_url: str = ""
     #: The ``[attestation_pcrs]`` table: see :data:`DEFAULT_ATTESTATION_PCRS`.
     attestation_pcrs: Mapping[str, tuple[int, ...]] = field(
         default_factory=lambda: dict(DEFAULT_ATTESTATION_PCRS)
@@ -93,6 +103,16 @@ class ServerConfig:
             raise ConfigError("port must be 0..65535", field="port")
         if not 0 <= self.mqtt_port <= 65535:
             raise ConfigError("mqtt_port must be 0..65535 (0: no broker)", field="mqtt_port")
+        if not isinstance(self.mqtt_public_url, str):
+            raise ConfigError("mqtt_public_url must be a string", field="mqtt_public_url")
+        if self.mqtt_public_url:
+            try:
+                parse_mqtt_url(self.mqtt_public_url)
+            except FormatError as exc:
+                raise ConfigError(
+                    f"mqtt_public_url: {exc.message} (e.g. mqtt://broker.example.com:1883)",
+                    field="mqtt_public_url",
+                ) from None
         if not 0 <= self.bin_bits <= 14:
             raise ConfigError("bin_bits must be 0..14", field="bin_bits")
         if self.max_json_body < 1024 or self.max_upload < 1024:
@@ -130,8 +150,30 @@ class ServerConfig:
         table = self.attestation_pcrs
         return table.get(hardware_class, table["default"])
 
+    def device_mqtt_url(self, request_host: str | None = None) -> str:
+        """The broker URL devices are given at enrollment (this server runs a broker).
 
-_NON_INT_FIELDS = frozenset({"bind", "mqtt_bind", "attestation_pcrs"})
+        ``mqtt_public_url`` when set; else ``mqtt://<mqtt_bind>:<mqtt_port>``; else
+        (``mqtt_bind`` is a wildcard such as ``0.0.0.0``) the broker port on
+        ``request_host``, the host name the device used to reach this server: ``run``
+        starts the broker on the same machine. :class:`ConfigError` when none applies.
+        """
+        if self.mqtt_public_url:
+            return self.mqtt_public_url
+        host = self.mqtt_bind if self.mqtt_bind not in WILDCARD_BINDS else request_host
+        try:
+            if host:
+                return parse_mqtt_url(MQTTEndpoint(host, self.mqtt_port).url).url
+        except FormatError:
+            pass
+        raise ConfigError(
+            f"mqtt_bind {self.mqtt_bind!r} names no address devices can use: set "
+            "mqtt_public_url in server.toml (e.g. mqtt://broker.example.com:1883)",
+            field="mqtt_public_url",
+        )
+
+
+_NON_INT_FIELDS = frozenset({"bind", "mqtt_bind", "mqtt_public_url", "attestation_pcrs"})
 
 
 def _pcr_table(value: object) -> dict[str, tuple[int, ...]]:

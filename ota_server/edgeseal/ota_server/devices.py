@@ -21,18 +21,25 @@ revoke``; DESIGN flow 6), in one audited step, enrolled or not:
 
 Revoking again is harmless and redoes 2 and 3 for whatever is left, e.g. after
 an interrupted revocation or one made before revocations did 2 and 3.
+
+A device's MQTT broker password (release hints, telemetry) comes from
+:func:`issue_mqtt_credentials`, the one way to make one: a successful
+enrollment calls it (:mod:`edgeseal.ota_server.enrollment`), and so does
+``edgeseal-server device mqtt-credentials`` (rotation by hand). It refuses a
+revoked device, so revocation's step 2 cannot be undone by either.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from edgeseal.ota_server.auth import Principal, require_operator
-from edgeseal.ota_server.broker import MosquittoBroker
+from edgeseal.ota_server.broker import BrokerError, MosquittoBroker
 from edgeseal.ota_server.context import ServerContext
 from edgeseal.ota_server.db import DeviceAttestationRow, DeviceRow, isotime
 from edgeseal.ota_server.publication import (
@@ -41,14 +48,79 @@ from edgeseal.ota_server.publication import (
     envelopes_for_device,
 )
 from edgeseal.ota_server.releases import check_keys
-from edgeseal.ota_server.revocation import get_device, mark_revoked
-from edgeseal.ota_server.service_errors import BadRequestError, ConflictError
+from edgeseal.ota_server.revocation import get_device, is_revoked, mark_revoked
+from edgeseal.ota_server.service_errors import (
+    BadRequestError,
+    ConfigError,
+    ConflictError,
+    ServiceError,
+)
 from edgeseal.sdk.hazmat.format import NAME_RULE, is_valid_name
 from edgeseal.sdk.releases import is_valid_device_id
 
 CHANNEL_RE = re.compile(r"^[a-z0-9-]{1,32}$")
 MAX_PEM = 4096
 _KEYS = frozenset({"id", "public_key_pem", "hardware_class", "channel"})
+
+
+class MQTTCredentialsUnavailableError(ServiceError):
+    """The server runs a broker but cannot give a device credentials for it (its own fault)."""
+
+    status = 503
+    code = "mqtt-credentials-unavailable"
+
+
+@dataclass(frozen=True)
+class MQTTCredentials:
+    """A device's broker login: ``username`` is its device id; the password is shown once.
+
+    ``url`` is where devices reach the broker, None when the server cannot name it
+    (only when the caller did not require it).
+    """
+
+    url: str | None
+    username: str
+    password: str = field(repr=False)
+
+    def to_json(self) -> dict[str, str | None]:
+        return {"url": self.url, "username": self.username, "password": self.password}
+
+
+def issue_mqtt_credentials(
+    ctx: ServerContext,
+    session: Session,
+    device_id: str,
+    *,
+    request_host: str | None = None,
+    require_url: bool = True,
+) -> MQTTCredentials:
+    """Create (or rotate) ``device_id``'s broker password; a running broker reloads at once.
+
+    The password is random, only its hash is stored (the broker's password file), and
+    the caller hands it to the device once: it is never logged or audited. The URL is
+    :meth:`~edgeseal.ota_server.config.ServerConfig.device_mqtt_url`, checked before the
+    password changes when ``require_url``. Refused (409) when the server runs no broker
+    (``mqtt_port = 0``) or the device is revoked; 404 for an unknown device; 503 when
+    the broker's files cannot be written or no URL can be named.
+    """
+    if not ctx.config.mqtt_port:
+        raise ConflictError("this server runs no MQTT broker: set mqtt_port in server.toml")
+    get_device(session, device_id)
+    if is_revoked(session, device_id):
+        raise ConflictError(f"device {device_id} is revoked: it gets no broker credentials")
+    try:
+        try:
+            url: str | None = ctx.config.device_mqtt_url(request_host)
+        except ConfigError:
+            if require_url:
+                raise
+            url = None
+        password = MosquittoBroker(ctx.data.broker).add_device_credentials(device_id)
+    except (BrokerError, ConfigError) as exc:
+        raise MQTTCredentialsUnavailableError(
+            f"cannot issue MQTT credentials: {exc.diagnostics()}", field=exc.field
+        ) from None
+    return MQTTCredentials(url=url, username=device_id, password=password)
 
 
 def device_json(row: DeviceRow, *, revoked: bool = False) -> dict[str, Any]:

@@ -25,6 +25,15 @@ is refused (409), as is a revoked device (403; also one revoked before it ever
 enrolled, :mod:`edgeseal.ota_server.revocation`). The refusals name their cause;
 none contains the secret. Each function runs inside the caller's transaction;
 :class:`Enrollment` wraps them with the audit log for callers without HTTP.
+
+DESIGN flow 1 ends with the server issuing the device's MQTT credentials: when
+this server runs a broker (``mqtt_port`` set), :func:`finish_audited` creates
+(or, on re-enrollment, rotates) the device's broker password with
+:func:`edgeseal.ota_server.devices.issue_mqtt_credentials` - the mechanism of
+``device mqtt-credentials``, so a running broker reloads at once - in the same
+audited step, and answers it once with the broker's URL. The audit entry says
+that credentials were issued, never the password. A revoked device never gets
+that far.
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ from sqlalchemy.orm import Session
 
 from edgeseal.ota_server.context import ServerContext
 from edgeseal.ota_server.db import DeviceAttestationRow, EnrollmentChallengeRow, isotime
+from edgeseal.ota_server.devices import MQTTCredentials, issue_mqtt_credentials
 from edgeseal.ota_server.ek_ca import certificate_sha256, load_ek_cas, verify_ek_certificate
 from edgeseal.ota_server.revocation import get_device
 from edgeseal.ota_server.service_errors import (
@@ -140,6 +150,18 @@ class AttestationRecord:
             enrolled=row.enrolled,
             revoked=row.revoked,
         )
+
+
+@dataclass(frozen=True)
+class Enrolled:
+    """An accepted enrollment: the baseline, and the broker login when the server runs one."""
+
+    record: AttestationRecord
+    re_enrolled: bool
+    mqtt: MQTTCredentials | None
+
+    def __repr__(self) -> str:
+        return f"Enrolled({self.record.device_id}, mqtt={self.mqtt is not None})"
 
 
 def check_attestation_key(ak_public: bytes) -> bytes:
@@ -344,7 +366,9 @@ class Enrollment:
         secret: bytes,
         pcrs: Mapping[int, bytes],
         quote: tuple[bytes, bytes],
-    ) -> AttestationRecord:
+        *,
+        request_host: str | None = None,
+    ) -> Enrolled:
         ctx = self.ctx
         target = f"enroll/{challenge_id[:64]}"
         try:
@@ -358,7 +382,14 @@ class Enrollment:
             action="enroll.finish",
             target=f"devices/{pending.device_id}",
             work=lambda session: finish_audited(
-                ctx, session, pending, secret=secret, pcrs=pcrs, attest=attest, signature=signature
+                ctx,
+                session,
+                pending,
+                secret=secret,
+                pcrs=pcrs,
+                attest=attest,
+                signature=signature,
+                request_host=request_host,
             ),
         )
 
@@ -407,8 +438,12 @@ def finish_audited(
     pcrs: Mapping[int, bytes],
     attest: bytes,
     signature: bytes,
-) -> tuple[AttestationRecord, dict[str, object]]:
-    """:func:`finish` with the server's clock; returns audit details (never the secret)."""
+    request_host: str | None = None,
+) -> tuple[Enrolled, dict[str, object]]:
+    """:func:`finish` with the server's clock, then the device's MQTT credentials when the
+    server runs a broker (``request_host``: the host name the device reached this server
+    at, see :meth:`~edgeseal.ota_server.config.ServerConfig.device_mqtt_url`). Returns
+    audit details: never the secret, never the password."""
     record, re_enrolled = finish(
         session,
         pending,
@@ -418,10 +453,18 @@ def finish_audited(
         signature=signature,
         now=ctx.now(),
     )
-    return record, {
+    # Last: the broker's password file is not transactional, so change it only once
+    # everything else has been accepted (a failure here still rolls the baseline back).
+    mqtt = (
+        issue_mqtt_credentials(ctx, session, record.device_id, request_host=request_host)
+        if ctx.config.mqtt_port
+        else None
+    )
+    return Enrolled(record, re_enrolled, mqtt), {
         "device": record.device_id,
         "challenge": pending.challenge_id,
         "ak_name": tpm_name(record.ak_public).hex(),
         "pcrs": sorted(pcrs),
         "re_enrolled": re_enrolled,
+        "mqtt_credentials_issued": mqtt is not None,
     }

@@ -8,7 +8,12 @@ accepted or refused, is audited as ``enroll.start`` / ``enroll.finish``.
 
 ``finish`` takes the challenge out of the database (committed) once the
 token, body and role are checked and before anything else: a refused
-attempt consumes the challenge like an accepted one.
+attempt consumes the challenge like an accepted one. When the server runs a
+broker, an accepted ``finish`` also answers the device's MQTT credentials,
+``"mqtt": {"url", "username", "password"}`` (the password is in this answer
+only: not in the audit log, not in any log); the URL's host is the one the
+request was sent to when ``mqtt_bind`` is a wildcard and no ``mqtt_public_url``
+is set.
 """
 
 from __future__ import annotations
@@ -82,7 +87,7 @@ def register_enroll(app: FastAPI, ctx: ServerContext) -> None:
         def work(s: Session, _p: Principal, prepared: Any) -> tuple[Any, dict[str, Any]]:
             body, pending = prepared
             evidence = parse_evidence(body)
-            record, details = finish_audited(
+            enrolled, details = finish_audited(
                 ctx,
                 s,
                 pending,
@@ -90,10 +95,22 @@ def register_enroll(app: FastAPI, ctx: ServerContext) -> None:
                 pcrs=evidence.pcrs,
                 attest=evidence.attest,
                 signature=evidence.signature,
+                request_host=request_host(request),
             )
-            return {"device_id": record.device_id, "enrolled": True}, details
+            answer: dict[str, Any] = {"device_id": enrolled.record.device_id, "enrolled": True}
+            if enrolled.mqtt is not None:
+                answer["mqtt"] = enrolled.mqtt.to_json()
+            return answer, details
 
         return await state_change(ctx, request, "enroll.finish", prepare, work)
+
+
+def request_host(request: Request) -> str | None:
+    """The host name the client sent this request to (the ``Host`` header), if usable."""
+    try:
+        return request.url.hostname
+    except ValueError:
+        return None
 
 
 def enroll_body(ctx: ServerContext) -> Prepare:

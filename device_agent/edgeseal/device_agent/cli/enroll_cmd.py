@@ -8,6 +8,14 @@ those). The TPM is opened here, so the agent must be stopped (swtpm serves
 one connection; a real TPM would also interleave our commands with the
 agent's). Exit status 0 when the server confirmed the enrollment, 1 otherwise
 with the server's or the TPM's reason.
+
+When the server runs an MQTT broker it answers the device's broker login:
+the password goes to the configuration's ``mqtt_password_file`` and a
+drop-in ``FILE.d/50-mqtt.toml`` names ``mqtt_url`` and that file, so the next
+``edgeseal-agent run`` connects (:func:`~edgeseal.device_agent.enroll.install_mqtt_credentials`).
+The configuration is read again afterwards, and a warning says so when the
+environment or a later drop-in overrides what was written. The password is
+never printed.
 """
 
 from __future__ import annotations
@@ -15,10 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from edgeseal.device_agent.cli.run_cmd import add_config_flag, config_from_args
+from edgeseal.device_agent.config import DEFAULT_CONFIG_PATH, ENV_CONFIG_PATH, AgentConfig
 from edgeseal.hardware.errors import HardwareError
 from edgeseal.sdk.cli.common import CLIError
 from edgeseal.sdk.client import ClientError
@@ -36,8 +47,10 @@ def register(sub: Any) -> None:
         description=(
             "Create (or reuse) the attestation key in the TPM, send it with the TPM's EK "
             "certificate to the OTA server, prove with TPM2_ActivateCredential that both live "
-            "in this TPM, and quote the boot PCRs as the device's baseline. The agent must "
-            "not be running."
+            "in this TPM, and quote the boot PCRs as the device's baseline. When the server "
+            "runs an MQTT broker, the broker password it issues is written to "
+            "mqtt_password_file (0600) and FILE.d/50-mqtt.toml sets mqtt_url and "
+            "mqtt_password_file. The agent must not be running."
         ),
     )
     add_config_flag(p)
@@ -97,8 +110,10 @@ def run(args: argparse.Namespace) -> int:
     except HardwareError as exc:
         raise CLIError(f"the TPM refused: {exc.diagnostics()}") from exc
     path = write_enrollment(state_dir, record)
+    mqtt = install_mqtt(args, config, record.mqtt) if record.mqtt is not None else None
     if args.json:
-        print(json.dumps({**record.to_json(), "ak_created": record.ak_created, "file": str(path)}))
+        doc = {**record.to_json(), "ak_created": record.ak_created, "file": str(path)}
+        print(json.dumps(doc | {"mqtt": mqtt}))
         return 0
     how = "created" if record.ak_created else "reused"
     print(f"enrolled {record.device_id} with {record.server}")
@@ -106,4 +121,46 @@ def run(args: argparse.Namespace) -> int:
     print(f"EK certificate sha256: {record.ek_certificate_sha256}")
     print(f"boot baseline: PCR {', '.join(record.pcrs)} (sha256)")
     print(f"recorded in {path}")
+    if mqtt is not None:
+        print(f"MQTT broker {mqtt['url']} (user {mqtt['username']}):")
+        print(f"  password written to {mqtt['password_file']} (0600)")
+        print(f"  {mqtt['drop_in']} sets mqtt_url and mqtt_password_file for `run`")
     return 0
+
+
+def config_file(args: argparse.Namespace) -> Path:
+    """The configuration file :func:`config_from_args` reads."""
+    return Path(args.config or os.environ.get(ENV_CONFIG_PATH, DEFAULT_CONFIG_PATH))
+
+
+def install_mqtt(args: argparse.Namespace, config: AgentConfig, credentials: Any) -> dict[str, str]:
+    """Install the broker login (see the module docstring); what was written, no password."""
+    from edgeseal.device_agent.enroll import install_mqtt_credentials
+
+    try:
+        done = install_mqtt_credentials(
+            credentials,
+            config_file=config_file(args),
+            password_file=config.mqtt_password_file,
+            state_dir=Path(config.state_dir),
+        )
+    except OSError as exc:
+        raise CLIError(
+            f"enrolled, but the MQTT credentials could not be installed: "
+            f"{exc.strerror or exc} ({exc.filename}); fix that and enroll again, which issues "
+            "a new password"
+        ) from None
+    effective = config_from_args(args)
+    if effective.mqtt_url != done.url or Path(effective.mqtt_password_file) != done.password_file:
+        print(
+            f"warning: the environment or a drop-in after {done.drop_in.name} overrides it: "
+            f"`run` will use mqtt_url {effective.mqtt_url!r} and mqtt_password_file "
+            f"{str(effective.mqtt_password_file)!r}",
+            file=sys.stderr,
+        )
+    return {
+        "url": done.url,
+        "username": done.username,
+        "password_file": str(done.password_file),
+        "drop_in": str(done.drop_in),
+    }

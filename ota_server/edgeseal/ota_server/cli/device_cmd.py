@@ -9,9 +9,12 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from edgeseal.ota_server.cli.common import add_json, cli_actor, open_context, print_json
-from edgeseal.ota_server.devices import MAX_PEM, add_device, revoke_device
-from edgeseal.ota_server.revocation import get_device, is_revoked
-from edgeseal.ota_server.service_errors import ConflictError
+from edgeseal.ota_server.devices import (
+    MAX_PEM,
+    add_device,
+    issue_mqtt_credentials,
+    revoke_device,
+)
 from edgeseal.sdk.cli.common import CLIError, open_input
 
 
@@ -50,9 +53,10 @@ def register(sub: Any) -> None:
         help="create or rotate a device's MQTT broker password (release hints, telemetry)",
         description=(
             "Write a new random broker password for the device (user name = device id) to "
-            "--output (mode 0600), to be installed on the device as its mqtt_password_file. "
-            "A running broker re-reads its password file at once. Refused for a device that "
-            "is not registered or is revoked."
+            "--output (mode 0600), to be installed on the device as its mqtt_password_file; "
+            "the old one stops working. Enrollment (edgeseal-agent enroll) already issues "
+            "one: use this to rotate it by hand. A running broker re-reads its password file "
+            "at once. Refused for a device that is not registered or is revoked."
         ),
     )
     m.add_argument("--id", required=True, dest="device_id", help="device id")
@@ -118,28 +122,17 @@ def run_revoke(args: argparse.Namespace) -> int:
 
 
 def run_mqtt_credentials(args: argparse.Namespace) -> int:
-    from edgeseal.ota_server.broker import MosquittoBroker
-    from edgeseal.ota_server.config import DataDir, load_config
     from edgeseal.sdk.files import atomic_write
 
-    data = DataDir(Path(args.data))
-    if not load_config(data).mqtt_port:
-        raise CLIError("this server runs no MQTT broker: set mqtt_port in server.toml")
     ctx = open_context(args)
     try:
 
         def work(session: Session) -> tuple[Any, dict[str, Any]]:
-            get_device(session, args.device_id)
-            if is_revoked(session, args.device_id):
-                raise ConflictError(
-                    f"device {args.device_id} is revoked: it gets no broker credentials"
-                )
-            broker = MosquittoBroker(data.broker)
-            password = broker.add_device_credentials(args.device_id)  # reloads a running broker
-            atomic_write(args.output, password.encode() + b"\n", mode=0o600)
-            return None, {"device": args.device_id}
+            credentials = issue_mqtt_credentials(ctx, session, args.device_id, require_url=False)
+            atomic_write(args.output, credentials.password.encode() + b"\n", mode=0o600)
+            return credentials.url, {"device": args.device_id}
 
-        ctx.mutate(
+        url = ctx.mutate(
             actor=cli_actor(),
             action="device.mqtt-credentials",
             target=f"devices/{args.device_id}",
@@ -148,4 +141,8 @@ def run_mqtt_credentials(args: argparse.Namespace) -> int:
     finally:
         ctx.close()
     print(f"MQTT password for {args.device_id} written to {args.output}")
+    if url:
+        print(f"the device's mqtt_url: {url} (user name {args.device_id})")
+    else:
+        print("the device's mqtt_url: the broker's address (set mqtt_public_url in server.toml)")
     return 0
