@@ -14,6 +14,7 @@ import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -28,8 +29,10 @@ from edgeseal.device_agent.console import (
     parse_request,
 )
 from edgeseal.device_agent.locked_backend import LockedBackend
+from edgeseal.device_agent.slot_state import LoadedModel
+from edgeseal.device_agent.slots import SlotInfo
 from edgeseal.hardware.backend import open_backend
-from edgeseal.hardware.errors import KeyNotFoundError, TPMCommandError
+from edgeseal.hardware.errors import KeyNotFoundError, PolicyCheckError, TPMCommandError
 from edgeseal.hardware.policy import PCRValues
 from edgeseal.hardware.profiles import load_profile
 from edgeseal.hardware.swtpm import SwtpmProcess
@@ -64,11 +67,14 @@ RESPONSE_KEYS = {
     "agent_version",
     "time",
     "model",
+    "model_error",
     "floor",
     "pcr_bank",
     "pcrs",
     "quote",
 }
+#: What the TPM says when the boot is outside the signed PCR policy (the daemon's start error).
+LOCKED = "PCR policy check failed: PCR 9 changed since the policy was signed"
 
 
 def request_payload(nonce: bytes) -> bytes:
@@ -170,7 +176,24 @@ def test_responder_binds_the_status_to_the_nonce() -> None:
     assert doc["pcr_bank"] == "sha256"
     assert doc["pcrs"] == {str(i): (bytes([i]) * 32).hex() for i in PCRS}
     assert doc["model"] == STATUS["model"] and doc["floor"] == 2
+    assert doc["model_error"] is None  # a provider without the key: no error
     assert doc["time"].endswith("Z")
+
+
+def test_responder_reports_why_no_model_is_served_bound_to_the_quote() -> None:
+    """The daemon's start error goes into the answer, printable, bounded and quoted."""
+    status = {**STATUS, "model": None, "model_error": LOCKED + "\n\x1b[31m" + "x" * 2000}
+    nonce = secrets.token_bytes(32)
+    frame = decode_one(
+        responder(FakeTPM(), status=lambda: status).handle(ATTEST_REQUEST, request_payload(nonce))
+    )
+    doc = json.loads(frame.payload)
+    assert set(doc) == RESPONSE_KEYS and doc["model"] is None
+    assert doc["model_error"].startswith(LOCKED + " [31mxxx")  # one line, no ESC
+    assert len(doc["model_error"]) == console_wire.MAX_MODEL_ERROR_CHARS
+    assert console_wire.is_model_error(doc["model_error"])
+    quoted = {k: v for k, v in doc.items() if k != "quote"}
+    assert base64.b64decode(doc["quote"]["attest"]) == b"attest:" + attest_binding(nonce, quoted)
 
 
 def test_responder_refusals_never_raise() -> None:
@@ -533,6 +556,82 @@ def test_console_config_keys(tmp_path: Path) -> None:
         assert caught.value.field in ("console_port", "console_baud"), caught.value
 
 
+class FakeModel:
+    runtime_name = "fake"
+
+
+SLOT_B = SlotInfo("b", "good", "demo", 3, digest_alg="sha256", plaintext_digest="ab" * 32)
+
+
+class LockedInstaller:
+    """The installer calls a locked start makes (no disk, no TPM): the key stays locked."""
+
+    floor = SimpleNamespace(floor=lambda: 2)
+
+    def start(self, check: Any) -> None:
+        raise PolicyCheckError(LOCKED, rc=0x99D)
+
+    def read_state(self) -> Any:
+        return SimpleNamespace(active="b")
+
+    def slot_info(self, name: str) -> SlotInfo:
+        assert name == "b"
+        return SLOT_B
+
+
+def locked_daemon(tmp_path: Path) -> tuple[Any, LockedInstaller]:
+    from edgeseal.device_agent.config import AgentConfig
+    from edgeseal.device_agent.daemon import Daemon
+
+    (tmp_path / "state").mkdir()
+    daemon = Daemon(AgentConfig(device_id="console-l", state_dir=tmp_path / "state"))
+    installer = LockedInstaller()
+    assert daemon._start_serving(installer) is None  # type: ignore[arg-type]
+    daemon._write_status(installer)  # type: ignore[arg-type]
+    return daemon, installer
+
+
+def test_the_daemon_reports_a_locked_key_until_a_reload_serves_a_model(tmp_path: Path) -> None:
+    daemon, installer = locked_daemon(tmp_path)
+    expected = f"{LOCKED} (TPM response code 0x99d)"
+    status = daemon.attest_status()
+    assert (status["model"], status["model_error"]) == (None, expected)
+    assert json.loads((tmp_path / "state" / "daemon.json").read_text())["start_error"] == expected
+    r = responder(FakeTPM(), status=daemon.attest_status)
+    doc = json.loads(decode_one(r.handle(ATTEST_REQUEST, request_payload(bytes(32)))).payload)
+    assert (doc["model"], doc["model_error"]) == (None, expected)
+
+    daemon._swap(LoadedModel(SLOT_B, b""), FakeModel())  # what a reload does (SIGHUP)
+    daemon._write_status(installer)
+    status = daemon.attest_status()
+    assert status["model_error"] is None and status["model"]["slot"] == "b"
+    assert json.loads((tmp_path / "state" / "daemon.json").read_text())["start_error"] is None
+
+
+def test_the_daemon_clears_the_model_error_when_an_update_installs(tmp_path: Path) -> None:
+    from edgeseal.device_agent.inference import ModelInfo
+    from edgeseal.device_agent.update_outcome import UpdateResult
+
+    daemon, installer = locked_daemon(tmp_path)
+
+    class InstallingUpdater:
+        def check_now(self, cancelled: Any) -> UpdateResult:
+            daemon.holder.swap(FakeModel(), ModelInfo("demo", 3))  # type: ignore[arg-type]
+            return UpdateResult("installed", "demo", 3)
+
+    daemon._cycle(installer, InstallingUpdater())  # type: ignore[arg-type]
+    status = daemon.attest_status()
+    assert status["model_error"] is None
+    assert status["model"] == {
+        "family": "demo",
+        "version": 3,
+        "digest_alg": "sha256",
+        "plaintext_digest": "ab" * 32,
+        "slot": "b",
+    }
+    assert json.loads((tmp_path / "state" / "daemon.json").read_text())["start_error"] is None
+
+
 @pytest.mark.serial
 @pytest.mark.swtpm
 def test_the_daemon_answers_on_its_console_and_stops_it(tmp_path: Path, swtpm_ca: Path) -> None:
@@ -574,6 +673,7 @@ def test_the_daemon_answers_on_its_console_and_stops_it(tmp_path: Path, swtpm_ca
                 assert answers, "the agent did not answer on its console"
                 doc = check_response(ak_public, answers[0], nonce)
                 assert doc["device_id"] == "console-d" and doc["model"] is None
+                assert doc["model_error"] is None  # nothing installed is not an error
                 assert isinstance(doc["floor"], int)
             finally:
                 daemon.request_stop()

@@ -98,7 +98,9 @@ def test_enrolled_device_passes_then_fails_after_tamper_and_revocation(
             assert report["device_id"] == "attest-1"
 
             # Someone swaps the kernel: the boot PCRs no longer match the enrolled
-            # baseline, and the technician's check names the PCR.
+            # baseline, and the technician's check names the PCR; the TPM keeps the
+            # model key locked, and the model check says the device has a model it
+            # cannot open, and why.
             dev.device.tamper("kernel")
             dev.device.restart()  # the reboot measures the new kernel
             with dev.daemon():
@@ -106,9 +108,11 @@ def test_enrolled_device_passes_then_fails_after_tamper_and_revocation(
             state = json.loads((dev.state_dir / "state.json").read_text())
             assert state["boot_attempts"] == 0, state  # a locked key is not the model's fault
             assert code == 1
-            assert "boot state" in " ".join(failed(report)).lower() or any(
-                "PCR" in d for d in failed(report).values()
-            ), report
+            assert set(failed(report)) == {"boot-state", "model"}, report
+            assert failed(report)["boot-state"].startswith("PCR 9 differs"), report
+            model = failed(report)["model"]
+            assert model.startswith("no model served: PCR policy check failed: PCR 9 "), report
+            assert "not bound" not in model, report  # the quote covers the reason
 
             # The operator revokes the device: a fresh bundle fails it whatever it answers.
             server_cli(f, "device", "revoke", "--id", "attest-1")
@@ -148,5 +152,52 @@ def test_a_device_missing_from_the_bundle_fails(tmp_path: Path, swtpm_ca: Path) 
                 code, report = attest(link, bundle, key)
             assert code == 1
             assert any("enrolled" in d for d in failed(report).values()), report
+        finally:
+            dev.device.stop()
+
+
+def test_attested_release_needs_the_enrolled_boot_state_and_an_unrevoked_device(
+    tmp_path: Path, swtpm_ca: Path
+) -> None:
+    """An ``attested`` release's key comes from the server only after a fresh quote.
+
+    The boot state must equal the enrollment baseline: after an approved kernel
+    update the device key still works (envelope releases install) but the
+    server keeps attested keys back, naming the PCR; a revoked device gets
+    neither envelopes nor released keys.
+    """
+    with fleet(tmp_path) as f:
+        dev = f.add_device("attest-4", swtpm_ca)
+        try:
+            f.publish(1)
+            assert dev.check_now()["outcome"] == "installed"
+            trust_ek_ca(f, swtpm_ca)
+            done = enroll(f, dev, tmp_path)
+            assert done.returncode == 0, done.stdout + done.stderr
+
+            f.publish(2, key_release="attested")
+            result = dev.check_now()
+            assert (result["outcome"], result["version"]) == ("installed", 2), result
+
+            dev.device.tamper("kernel")
+            dev.device.approve()  # an approved OS update: the device key keeps working
+            dev.device.restart()
+            f.publish(3, key_release="attested")
+            result = dev.check_now()
+            assert result["outcome"] == "refused", result
+            assert "PCR 9" in result["reason"], result
+            f.publish(4)
+            result = dev.check_now()
+            assert (result["outcome"], result["version"]) == ("installed", 4), result
+
+            server_cli(f, "device", "revoke", "--id", "attest-4")
+            f.publish(5, key_release="attested")
+            result = dev.check_now()
+            assert result["outcome"] == "refused", result
+            assert "revoked" in result["reason"], result
+            f.publish(6)
+            result = dev.check_now()
+            assert result["outcome"] != "installed", result  # no envelope for a revoked device
+            assert dev.status()["active_version"] == 4
         finally:
             dev.device.stop()

@@ -111,6 +111,10 @@ class SimulatedDevice:
             "slot": "a",
         }
     )
+    #: Why no model is served (the agent's start error), or None.
+    model_error: str | None = None
+    #: False plays an agent from before ``model_error``: the key is not sent at all.
+    sends_model_error: bool = True
     floor: int | None = 2
 
     @property
@@ -118,15 +122,19 @@ class SimulatedDevice:
         return ak_public_bytes(self.ak.public_key())
 
     def status(self) -> dict[str, Any]:
-        return {
+        status = {
             "device_id": self.device_id,
             "agent_version": "0.1.0",
             "time": "2025-06-01T11:59:58Z",
             "model": None if self.model is None else dict(self.model),
+            "model_error": self.model_error,
             "floor": self.floor,
             "pcr_bank": "sha256",
             "pcrs": {str(i): v.hex() for i, v in sorted(self.pcrs.items())},
         }
+        if not self.sends_model_error:
+            del status["model_error"]
+        return status
 
     def respond(
         self,

@@ -246,6 +246,80 @@ def test_no_model_installed_passes(device: SimulatedDevice, nonce: bytes) -> Non
     assert report.check("model").detail == "no model installed"
 
 
+LOCKED = "PCR policy check failed: PCR 9 changed since the policy was signed"
+
+
+def test_a_model_it_cannot_open_fails_saying_why(device: SimulatedDevice, nonce: bytes) -> None:
+    """The TPM keeps the model key locked (a boot outside the signed PCR policy): the
+    device has a model but serves none, which is not a healthy device."""
+    device.model = None
+    device.model_error = LOCKED
+    report = check_attestation(
+        device.respond(nonce), nonce, _bundle(device.bundle_entry()), now=NOW
+    )
+    assert _failed(report) == ["model"]
+    assert report.check("model").detail == f"no model served: {LOCKED}"
+    assert f"FAIL  model: no model served: {LOCKED}" in report.render().splitlines()
+    assert report.render().splitlines()[-1] == (
+        "FAIL: device cam-0042 is NOT attested (1 of 8 checks failed: model)"
+    )
+
+
+def test_a_model_error_from_an_unknown_device_is_shown_unbound(
+    device: SimulatedDevice, nonce: bytes
+) -> None:
+    other = SimulatedDevice(device_id="cam-0099", model=None, model_error=LOCKED)
+    report = check_attestation(other.respond(nonce), nonce, _bundle(device.bundle_entry()), now=NOW)
+    assert report.check("model").detail == (
+        f"no model served: {LOCKED} (not bound by a valid quote)"
+    )
+
+
+def test_a_model_error_next_to_a_served_model_is_shown_not_judged(
+    device: SimulatedDevice, nonce: bytes
+) -> None:
+    """This version's agent never sends both; a future one may: the model is judged."""
+    device.model_error = "a newer release did not open"
+    report = check_attestation(
+        device.respond(nonce), nonce, _bundle(device.bundle_entry()), now=NOW
+    )
+    assert report.passed, report.render()
+    assert "(the agent also reports: a newer release did not open)" in (
+        report.check("model").detail
+    )
+
+
+def test_the_model_error_is_bound_to_the_quote(device: SimulatedDevice, nonce: bytes) -> None:
+    """Changing, adding or stripping model_error under a genuine quote breaks the binding."""
+    device.model = None
+    device.model_error = LOCKED
+    bundle = _bundle(device.bundle_entry())
+    honest = device.respond(nonce)
+    stripped = {k: v for k, v in honest.items() if k != "model_error"}
+    for forged in ({**honest, "model_error": None}, {**honest, "model_error": "x"}, stripped):
+        report = check_attestation(forged, nonce, bundle, now=NOW)
+        assert "nonce" in _failed(report), forged
+        assert report.check("model").detail.endswith("(not bound by a valid quote)")
+    device.model_error = None
+    added = {**device.respond(nonce), "model_error": LOCKED}
+    assert "nonce" in _failed(check_attestation(added, nonce, bundle, now=NOW))
+
+
+@pytest.mark.parametrize("model", [True, False])
+def test_an_older_agent_without_model_error_is_read_as_null(
+    device: SimulatedDevice, nonce: bytes, model: bool
+) -> None:
+    device.sends_model_error = False
+    if not model:
+        device.model = None
+    response = device.respond(nonce)
+    assert "model_error" not in response
+    report = check_attestation(response, nonce, _bundle(device.bundle_entry()), now=NOW)
+    assert report.passed, report.render()
+    if not model:
+        assert report.check("model").detail == "no model installed"
+
+
 def test_a_missing_baseline_pcr_is_named(device: SimulatedDevice, nonce: bytes) -> None:
     del device.pcrs[7]
     report = check_attestation(
@@ -306,6 +380,12 @@ def _mutations(device: SimulatedDevice, nonce: bytes) -> list[tuple[str, Any]]:
         ("model digest", change("model.plaintext_digest", "ab")),
         ("model alg", change("model.digest_alg", "md5")),
         ("model version", change("model.version", -1)),
+        ("model_error type", change("model_error", 5)),
+        ("model_error empty", change("model_error", "")),
+        ("model_error control", change("model_error", "locked\x1b[2J")),
+        ("model_error newline", change("model_error", "locked\nPASS  model")),
+        ("model_error long", change("model_error", "x" * 513)),
+        ("missing key next to an optional one", {k: v for k, v in good.items() if k != "time"}),
     ]
 
 
@@ -316,6 +396,18 @@ def test_malformed_responses_fail_the_response_check(device: SimulatedDevice, no
         assert _failed(report) == list(CHECK_NAMES[1:]), what
         assert report.check("response").detail.startswith("malformed response: "), what
         assert report.check("signature").detail == "not checked: the response is malformed"
+
+
+def test_malformed_model_errors_say_what_is_allowed(device: SimulatedDevice, nonce: bytes) -> None:
+    bundle = _bundle(device.bundle_entry())
+    good = device.respond(nonce)
+    report = check_attestation({**good, "model_error": "\x1b[2J"}, nonce, bundle, now=NOW)
+    assert report.check("response").detail == (
+        "malformed response: model_error must be null or 1-512 printable characters"
+    )
+    missing = {k: v for k, v in good.items() if k != "floor"}
+    detail = check_attestation(missing, nonce, bundle, now=NOW).check("response").detail
+    assert "(optional: model_error) (missing: floor; unknown: none)" in detail
 
 
 @pytest.mark.parametrize(

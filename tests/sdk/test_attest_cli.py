@@ -198,6 +198,22 @@ def test_a_tampered_pcr_fails_naming_it(technician: Technician, device: Simulate
     assert out.splitlines()[-1].startswith("FAIL: device cam-0042 is NOT attested")
 
 
+def test_a_model_the_device_cannot_open_fails_saying_why(
+    technician: Technician, device: SimulatedDevice
+) -> None:
+    technician.bundle([device.bundle_entry()])
+    device.model = None
+    device.model_error = "PCR policy check failed: PCR 9 changed since the policy was signed"
+    technician.answer(honest(device))
+    code, out, _ = technician.run()
+    assert code == 1
+    assert (
+        "FAIL  model: no model served: PCR policy check failed: PCR 9 changed since the "
+        "policy was signed"
+    ) in out.splitlines()
+    assert out.splitlines()[-1].endswith("(1 of 8 checks failed: model)")
+
+
 def test_a_wrong_nonce_binding_fails(technician: Technician, device: SimulatedDevice) -> None:
     technician.bundle([device.bundle_entry()])
     replay = device.respond(bytes(32))  # recorded earlier, for another nonce

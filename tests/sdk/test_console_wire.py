@@ -21,6 +21,7 @@ from edgeseal.sdk.console_wire import (
     ATTEST_RESPONSE,
     ERROR,
     MAX_FRAME_BYTES,
+    MAX_MODEL_ERROR_CHARS,
     MAX_PAYLOAD_BYTES,
     Frame,
     FrameDecoder,
@@ -29,6 +30,8 @@ from edgeseal.sdk.console_wire import (
     encode_attest_request,
     encode_error,
     encode_frame,
+    is_model_error,
+    model_error_text,
     parse_attest_request,
     parse_error,
     parse_json_payload,
@@ -228,6 +231,44 @@ def test_attest_binding_known_answer() -> None:
     assert attest_binding(nonce, status) == expected
     assert attest_binding(bytes(32), status) != expected
     assert attest_binding(nonce, {**status, "model": {}}) != expected
+
+
+def test_attest_binding_covers_the_model_error() -> None:
+    nonce = bytes(range(32))
+    status = {"device_id": "cam-1", "model": None, "model_error": None}
+    locked = {**status, "model_error": "PCR policy check failed: PCR 9 changed"}
+    expected = hashlib.sha256(
+        b"edgeseal-attest-v1\x00"
+        + nonce
+        + b'{"device_id":"cam-1","model":null,"model_error":"PCR policy check failed: '
+        + b'PCR 9 changed"}'
+    ).digest()
+    assert attest_binding(nonce, locked) == expected
+    bindings = {
+        attest_binding(nonce, status),
+        attest_binding(nonce, locked),
+        attest_binding(nonce, {k: v for k, v in status.items() if k != "model_error"}),
+    }
+    assert len(bindings) == 3  # null, a reason and an absent key are three statuses
+
+
+def test_model_error_text_is_printable_one_line_and_bounded() -> None:
+    text = "PCR policy check failed: PCR 9 changed (TPM response code 0x99d)"
+    assert model_error_text(text) == text
+    assert model_error_text("locked\n  \x1b[2J\tkey\u202e!") == "locked [2J key !"
+    assert model_error_text(" \x00\n") == "(no reason given)"
+    long = model_error_text("x" * 100_000)
+    assert len(long) == MAX_MODEL_ERROR_CHARS and long.endswith("...")
+    for text in ("a", "é" * MAX_MODEL_ERROR_CHARS, long):
+        assert is_model_error(text), text
+    for bad in (None, 5, "", "a\nb", "\x1b", "\u202e", "x" * (MAX_MODEL_ERROR_CHARS + 1)):
+        assert not is_model_error(bad), bad
+
+
+@settings(max_examples=200)
+@given(st.text())
+def test_model_error_text_always_makes_a_valid_model_error(text: str) -> None:
+    assert is_model_error(model_error_text(text))
 
 
 def test_request_round_trip_and_refusals() -> None:

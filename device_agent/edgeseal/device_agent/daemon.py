@@ -20,8 +20,10 @@ Signals (handlers only set flags; the main thread acts between steps):
 
 A boot outside the signed PCR policy (the TPM refuses the device key: the boot
 chain changed and no new policy was approved) does not stop the agent: it
-serves no model, says why in the log and ``daemon.json`` (``start_error``),
-and still answers attestation, so a technician can see which PCRs changed.
+serves no model, says why in the log, ``daemon.json`` (``start_error``) and
+attestation answers (``model_error``), so a technician sees that the device
+has a model it cannot open and which PCRs changed. Both are cleared once a
+model is served again (an update installed, or a reload).
 
 With ``console_port`` set, a thread answers a field technician's attestation
 requests on that serial line (:mod:`~edgeseal.device_agent.console`); it shares
@@ -199,8 +201,9 @@ class Daemon:
         self._reload = False
         self.holder = ModelHolder()
         self._serving: dict[str, Any] | None = None
-        #: What an attestation reports as served (replaced whole, read by the console thread).
-        self._attested_model: dict[str, Any] | None = None
+        #: What an attestation reports: the served model's claim and why none is served
+        #: (replaced whole, so the console thread never reads one without the other).
+        self._attested: tuple[dict[str, Any] | None, str | None] = (None, None)
         self._installer: Installer | None = None
         self._console: SerialConsole | None = None
         self._last: UpdateResult | None = None
@@ -308,6 +311,7 @@ class Daemon:
                 exc.diagnostics(),
             )
             self._start_error = exc.diagnostics()
+            self._attested = (None, self._start_error)
             return None
 
     def _loop(self, installer: Installer, updater: Updater) -> None:
@@ -360,12 +364,14 @@ class Daemon:
                 "version": current.info.version,
                 "slot": state.active,
             }
+            self._start_error = None
             try:
                 active = None if state.active is None else installer.slot_info(state.active)
-                self._attested_model = None if active is None else _attested_model(active)
+                claim = None if active is None else _attested_model(active)
             except Exception:  # attestation then reports no model, never a stale one
                 log.exception("cannot read the new active slot's slot.json")
-                self._attested_model = None
+                claim = None
+            self._attested = (claim, None)
         self._write_status(installer)
         if self._link is not None:
             serving = self._serving
@@ -404,7 +410,8 @@ class Daemon:
         version = loaded.slot.model_version or 0
         self.holder.swap(model, ModelInfo(family, version))
         self._serving = {"family": family, "version": version, "slot": loaded.slot.name}
-        self._attested_model = _attested_model(loaded.slot)
+        self._start_error = None
+        self._attested = (_attested_model(loaded.slot), None)
 
     # -- serial console ---------------------------------------------------------------------
 
@@ -417,17 +424,20 @@ class Daemon:
         return console
 
     def attest_status(self) -> dict[str, Any]:
-        """The agent's part of an attestation answer (console thread): what it serves."""
+        """The agent's part of an attestation answer (console thread): what it serves,
+        or why it serves nothing (``model_error``: the start error, e.g. a locked key)."""
         floor: int | None = None
         if self._installer is not None:
             try:
                 floor = self._installer.floor.floor()
             except Exception as exc:  # noqa: BLE001 - reported as unknown, never fatal
                 log.warning("cannot read the anti-rollback floor: %s", exc)
+        model, model_error = self._attested
         return {
             "device_id": self.config.device_id,
             "agent_version": self.config.agent_version,
-            "model": self._attested_model,
+            "model": model,
+            "model_error": model_error,
             "floor": floor,
         }
 

@@ -16,8 +16,11 @@ so the report says all that is wrong, not just the first thing:
                 matches their values;
 ``boot-state``  the reported PCR values equal the baseline recorded at enrollment
                 (naming every PCR that differs);
-``model``       the installed model is a published, not yanked release with the
-                published plaintext digest (or no model is installed).
+``model``       the served model is a published, not yanked release with the
+                published plaintext digest; no model passes only when the agent
+                reports no ``model_error`` (a device that has a model it cannot
+                open, e.g. its TPM keeps the key locked on a changed boot chain,
+                fails, saying why).
 
 A check whose inputs are missing (an unknown device has no AK to verify with)
 fails with ``not checked: <why>``. Nothing here raises on a malformed response:
@@ -36,7 +39,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgeseal.sdk.console_wire import NONCE_SIZE, attest_binding, parse_json_payload
+from edgeseal.sdk.console_wire import (
+    MAX_MODEL_ERROR_CHARS,
+    NONCE_SIZE,
+    attest_binding,
+    is_model_error,
+    parse_json_payload,
+)
 from edgeseal.sdk.errors import AttestationError, FormatError
 from edgeseal.sdk.hazmat.format import DIGEST_SIZES, MAX_MODEL_VERSION, NAME_RULE, is_valid_name
 from edgeseal.sdk.quote import pcr_digest, verify_quote
@@ -76,8 +85,20 @@ MAX_SIGNATURE_B64_CHARS = 256
 MAX_TIME_CHARS = 40
 
 _RESPONSE_KEYS = frozenset(
-    {"device_id", "agent_version", "time", "model", "floor", "pcr_bank", "pcrs", "quote"}
+    {
+        "device_id",
+        "agent_version",
+        "time",
+        "model",
+        "model_error",
+        "floor",
+        "pcr_bank",
+        "pcrs",
+        "quote",
+    }
 )
+# An agent before model_error sends none; it is then null (and not part of what was quoted).
+_OPTIONAL_RESPONSE_KEYS = frozenset({"model_error"})
 _MODEL_KEYS = frozenset({"family", "version", "digest_alg", "plaintext_digest", "slot"})
 _QUOTE_KEYS = frozenset({"attest", "signature"})
 _AGENT_VERSION_RE = re.compile(r"[0-9A-Za-z.+-]{1,32}", re.ASCII)
@@ -151,6 +172,7 @@ class _Response:
     agent_version: str
     time: str
     model: Mapping[str, Any] | None
+    model_error: str | None
     floor: int | None
     pcrs: Mapping[int, bytes]
     attest: bytes
@@ -411,9 +433,13 @@ def _boot_state_check(
 
 def _model_check(response: _Response, bundle: TrustBundle, *, bound: bool) -> Check:
     note = "" if bound else " (not bound by a valid quote)"
-    model = response.model
+    model, error = response.model, response.model_error
     if model is None:
+        if error is not None:  # it has a model it cannot serve: not a healthy device
+            return Check("model", False, f"no model served: {error}{note}")
         return Check("model", True, f"no model installed{note}")
+    if error is not None:  # this version's agent never sends both; shown, not judged
+        note = f" (the agent also reports: {error}){note}"
     family, version = model["family"], model["version"]
     what = f"{family} version {version} (slot {model['slot']})"
     release = bundle.release(family, version)
@@ -463,7 +489,7 @@ class _Unparsable:
 def _parse_response(value: object) -> _Response:
     if isinstance(value, _Unparsable):
         raise AttestationError(value.reason)
-    body = _object(value, _RESPONSE_KEYS, "response")
+    body = _object(value, _RESPONSE_KEYS, "response", optional=_OPTIONAL_RESPONSE_KEYS)
     device_id = body["device_id"]
     if not is_valid_device_id(device_id):
         raise AttestationError(f"device_id is not a valid device id ({DEVICE_ID_RULE})")
@@ -473,6 +499,11 @@ def _parse_response(value: object) -> _Response:
     when = body["time"]
     if not isinstance(when, str) or len(when) > MAX_TIME_CHARS or not _is_time(when):
         raise AttestationError("time must be an RFC 3339 time with a time zone")
+    model_error = body.get("model_error")
+    if model_error is not None and not is_model_error(model_error):
+        raise AttestationError(
+            f"model_error must be null or 1-{MAX_MODEL_ERROR_CHARS} printable characters"
+        )
     floor = body["floor"]
     if floor is not None and (type(floor) is not int or not 0 <= floor <= MAX_MODEL_VERSION):
         raise AttestationError(f"floor must be null or an integer from 0 to {MAX_MODEL_VERSION}")
@@ -490,6 +521,7 @@ def _parse_response(value: object) -> _Response:
         agent_version=agent_version,
         time=when,
         model=None if body["model"] is None else _model(body["model"]),
+        model_error=model_error,
         floor=floor,
         pcrs=pcrs,
         attest=attest,
@@ -521,14 +553,17 @@ def _model(value: object) -> Mapping[str, Any]:
     }
 
 
-def _object(value: object, keys: frozenset[str], where: str) -> Mapping[str, Any]:
+def _object(
+    value: object, keys: frozenset[str], where: str, *, optional: frozenset[str] = frozenset()
+) -> Mapping[str, Any]:
     if not isinstance(value, dict):
         raise AttestationError(f"the {where} must be a JSON object")
-    missing = sorted(keys - value.keys())
+    missing = sorted(keys - optional - value.keys())
     unknown = sorted(str(k)[:40] for k in value.keys() - keys)
     if missing or unknown:
+        maybe = f" (optional: {', '.join(sorted(optional))})" if optional else ""
         raise AttestationError(
-            f"the {where} needs exactly the keys {', '.join(sorted(keys))} "
+            f"the {where} needs exactly the keys {', '.join(sorted(keys - optional))}{maybe} "
             f"(missing: {', '.join(missing) or 'none'}; unknown: {', '.join(unknown) or 'none'})"
         )
     return value

@@ -53,6 +53,7 @@ __all__ = [
     "MAGIC",
     "MAX_ERROR_CHARS",
     "MAX_FRAME_BYTES",
+    "MAX_MODEL_ERROR_CHARS",
     "MAX_PAYLOAD_BYTES",
     "NONCE_SIZE",
     "VERSION",
@@ -63,6 +64,8 @@ __all__ = [
     "encode_attest_request",
     "encode_error",
     "encode_frame",
+    "is_model_error",
+    "model_error_text",
     "parse_attest_request",
     "parse_error",
     "parse_json_payload",
@@ -85,6 +88,9 @@ MAX_FRAME_BYTES = _HEADER.size + MAX_PAYLOAD_BYTES + _CRC.size
 NONCE_SIZE = 32
 #: An ERROR frame's message is cut to this many characters when read.
 MAX_ERROR_CHARS = 512
+#: An ATTEST_RESPONSE's ``model_error`` (why no model is served) is 1 to this many printable
+#: characters.
+MAX_MODEL_ERROR_CHARS = 512
 BINDING_LABEL = b"edgeseal-attest-v1\x00"
 
 _NEED_MORE = 0
@@ -290,9 +296,31 @@ def parse_error(payload: bytes | bytearray) -> str:
     return "(unreadable error message)"
 
 
-def _printable(text: str) -> str:
+def model_error_text(reason: str) -> str:
+    """``reason`` as an ATTEST_RESPONSE ``model_error``: printable, one line, bounded.
+
+    Control and other non-printable characters become spaces, runs of spaces
+    one, and text over :data:`MAX_MODEL_ERROR_CHARS` is cut (ending ``...``);
+    the result always satisfies :func:`is_model_error`.
+    """
+    head = str(reason)[: 4 * MAX_MODEL_ERROR_CHARS]  # bounded before any work on it
+    cleaned = " ".join(_printable(head, limit=None).split()) or "(no reason given)"
+    if len(cleaned) > MAX_MODEL_ERROR_CHARS:
+        cleaned = cleaned[: MAX_MODEL_ERROR_CHARS - 3] + "..."
+    return cleaned
+
+
+def is_model_error(value: object) -> bool:
+    """Whether ``value`` is a valid non-null ``model_error``: a string of 1 to
+    :data:`MAX_MODEL_ERROR_CHARS` printable characters (nothing a terminal would act on)."""
+    return (
+        isinstance(value, str) and 0 < len(value) <= MAX_MODEL_ERROR_CHARS and value.isprintable()
+    )
+
+
+def _printable(text: str, limit: int | None = MAX_ERROR_CHARS) -> str:
     cleaned = "".join(c if c.isprintable() else " " for c in str(text))
-    return cleaned[:MAX_ERROR_CHARS]
+    return cleaned if limit is None else cleaned[:limit]
 
 
 def _short(exc: BaseException) -> str:
