@@ -28,7 +28,9 @@
     the agent returns to release 2 and says why.
 13. Release 4 is installing when the power is cut during its trial: the next
     start reverts to release 2, the last committed model.
-14. A field technician plugs into the device's serial console: with the trust
+14. Release 5 is "attested": no envelope is published, the agent gets its
+    key from the server after a fresh TPM quote of its enrolled boot state.
+    Then a field technician plugs into the device's serial console: with the trust
     bundle the operator exported (and its pinned key), `edgeseal attest` checks
     the device's TPM quote offline - enrolled AK, fresh nonce, boot PCRs equal
     to the enrollment baseline, a published model: PASS.
@@ -338,13 +340,22 @@ def serve_once(expected: np.ndarray) -> None:
     np.testing.assert_allclose(result.outputs[0], expected, rtol=1e-5, atol=1e-6)
 
 
-def publish(version: int, model: bytes, golden: Path, tokens: list[Path], keys: list[Path]) -> None:
+def publish(
+    version: int,
+    model: bytes,
+    golden: Path,
+    tokens: list[Path],
+    keys: list[Path],
+    *,
+    key_release: str = "envelope",
+) -> None:
     path = OUT / f"classifier-v{version}.tflite"
     path.write_bytes(model)
     created = run(
         "edgeseal", "release", "create", str(path), "--family", FAMILY,
         "--version", str(version), "--hardware", "emulated", "--channel", "stable",
-        "--golden", str(golden), "--token-file", str(tokens[0]), quiet=True,
+        "--golden", str(golden), "--token-file", str(tokens[0]),
+        "--key-release", key_release, quiet=True,
     )  # fmt: skip
     release_id = created.stdout.split()[0]
     root = SERVER_DATA / "repository" / "metadata" / "1.root.json"
@@ -409,7 +420,17 @@ def agent_story() -> subprocess.Popen[bytes]:
 
 
 def technician_story(agent: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
-    step("14. Field technician: attest the device offline over its serial console")
+    step("14. An attested release; then a field technician attests the device over serial")
+    tokens = [OUT / f"release-manager-{n}.token" for n in (1, 2)]
+    keys = [OUT / f"release-manager-{n}.key" for n in (1, 2, 3)]
+    x = np.load(OUT / "input.npy")
+    layers_v5 = modelgen.random_layers([8, 16, 4], seed=10)
+    model_v5 = modelgen.mlp_model(layers_v5)
+    publish(5, model_v5, OUT / "golden.npz", tokens, keys, key_release="attested")
+    print("  release 5 is 'attested': no envelope is published; the server releases its key")
+    print("  to the device only after a fresh TPM quote matching the enrolled boot state")
+    run("edgeseal-agent", "check-now")
+    serve_once(modelgen.reference_mlp(x, layers_v5))
     bundle, key = OUT / "trust-bundle.json", OUT / "bundle-key.pem"
     run("edgeseal-server", "--data", str(SERVER_DATA), "attest", "bundle", "--out", str(bundle))
     run("edgeseal-server", "--data", str(SERVER_DATA), "attest", "bundle-key", "--out", str(key))
