@@ -281,3 +281,50 @@ def test_revoked_device_loses_broker_access(
     assert broker.device_ids() == ["dev-keep"]
     refused = audit(server, "device.mqtt-credentials")[-1]
     assert refused["outcome"] == "refused" and "revoked" in refused["details"]["reason"]
+
+
+def test_revocation_ends_open_challenges(ota_server: RunningServer) -> None:
+    """An enrollment or key release the device started before it was revoked cannot finish."""
+    from edgeseal.ota_server.db import EnrollmentChallengeRow, KeyReleaseChallengeRow
+
+    server = ota_server
+    server.add_family("detector")
+    rm = server.token("release-manager", "detector")
+    add_device(server, server.admin_token, "dev-open")
+    publish(server, build_release(server, "detector", 1), rm)
+    db = Database.open(server.data_dir / "server.db")
+    try:
+        with db.session() as session:
+            session.add(
+                EnrollmentChallengeRow(
+                    id="enroll-1",
+                    device_id="dev-open",
+                    ak_public=b"ak",
+                    ek_certificate_sha256="0" * 64,
+                    secret_sha256="0" * 64,
+                    nonce=b"\0" * 32,
+                    pcrs=[0],
+                    created="2026-01-01T00:00:00Z",
+                    expires="2999-01-01T00:00:00Z",
+                )
+            )
+            session.add(
+                KeyReleaseChallengeRow(
+                    id="key-1",
+                    device_id="dev-open",
+                    release_id="detector-1",
+                    nonce=b"\0" * 32,
+                    pcrs=[0],
+                    expires="2999-01-01T00:00:00Z",
+                )
+            )
+    finally:
+        db.close()
+    assert revoke(server, server.admin_token, "dev-open").status == 200
+    db = Database.open(server.data_dir / "server.db")
+    try:
+        with db.session() as session:
+            assert session.get(EnrollmentChallengeRow, "enroll-1") is None
+            assert session.get(KeyReleaseChallengeRow, "key-1") is None
+    finally:
+        db.close()

@@ -27,6 +27,7 @@ from edgeseal.ota_server.db import (
     DeviceAttestationRow,
     DeviceRow,
     EnrollmentChallengeRow,
+    KeyReleaseChallengeRow,
 )
 from edgeseal.ota_server.service_errors import NotFoundError
 
@@ -85,9 +86,9 @@ def mark_revoked(session: Session, device_id: str) -> RevocationRecord:
         session.add(row)
     already = bool(row.revoked)
     row.revoked = True
-    session.execute(
-        delete(EnrollmentChallengeRow).where(EnrollmentChallengeRow.device_id == device_id)
-    )
+    # Open challenges die with the device: no enrollment and no key release may finish.
+    for table in (EnrollmentChallengeRow, KeyReleaseChallengeRow):
+        session.execute(delete(table).where(table.device_id == device_id))
     session.flush()
     return RevocationRecord(
         device_id=device_id, enrolled=row.enrolled != NOT_ENROLLED, already_revoked=already

@@ -74,7 +74,14 @@ def register(actions: Any, common: argparse.ArgumentParser) -> None:
         "--latency-budget-ms", type=int, default=1000, help="one inference's budget (default 1000)"
     )
     p.add_argument("--min-agent-version", default="0.1.0", help="oldest agent that may install it")
-    p.add_argument("--key-release", choices=KEY_RELEASE_POLICIES, default="envelope")
+    p.add_argument(
+        "--key-release",
+        choices=KEY_RELEASE_POLICIES,
+        default="envelope",
+        help="envelope: each device's key is published as a TUF target (default); "
+        "attested: the server releases it only after a fresh quote of an enrolled, "
+        "unrevoked device in an approved boot state",
+    )
     p.add_argument(
         "--cipher",
         choices=CIPHERS,
