@@ -5,7 +5,10 @@
 server does, with the sdk's pure pieces: bodies parsed strictly
 (:mod:`edgeseal.sdk.key_release`), the quote verified with the enrolled AK
 and the binding recomputed (:func:`edgeseal.sdk.quote.verify_quote`), the
-PCRs compared with the enrollment baseline, single-use challenges, and a real
+PCRs compared with the enrollment baseline or, failing that, accepted when the
+request's signed PCR policy approves them under the device's enrolled policy
+authority (:func:`edgeseal.sdk.pcr_policy.approved_state`), single-use
+challenges, and a real
 HPKE envelope sealed to the device's TPM decryption key
 (:func:`edgeseal.sdk.envelope.seal_envelope`). ``mode`` injects the server
 misbehaviours and refusals the tests name; ``problems`` collects every
@@ -38,6 +41,7 @@ from edgeseal.sdk.key_release import (
     KeyReleaseResponse,
     key_release_binding,
 )
+from edgeseal.sdk.pcr_policy import PCRPolicyError, approved_state
 from edgeseal.sdk.quote import verify_quote
 from edgeseal.sdk.sealed import ContentKey
 
@@ -51,6 +55,8 @@ class Enrolled:
     ak_public: bytes
     baseline: dict[int, bytes]
     device_key: ec.EllipticCurvePublicKey
+    #: DER SubjectPublicKeyInfo of the policy authority sent at enrollment (None: none).
+    pcr_policy_authority: bytes | None = None
 
 
 @dataclass
@@ -73,6 +79,8 @@ class FakeKeyServer:
     requests: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     released: int = 0
+    #: The ``pcr_policy`` of every release request received (None: null).
+    policies: list[bytes | None] = field(default_factory=list)
 
     def challenge(self, raw: bytes) -> tuple[int, Any]:
         try:
@@ -111,6 +119,7 @@ class FakeKeyServer:
         except FormatError as exc:
             self.problems.append(f"release body: {exc.diagnostics()}")
             return 400, _error("bad-request", exc.diagnostics())
+        self.policies.append(request.pcr_policy)
         open_challenge = self.challenges.pop(request.challenge_id, None)  # single use
         if open_challenge is None:
             return 404, _error("not-found", "unknown challenge")
@@ -135,10 +144,16 @@ class FakeKeyServer:
             self.problems.append(f"quote: {exc.diagnostics()}")
             return 403, _error("attestation-failed", exc.diagnostics())
         differ = [i for i in sorted(device.baseline) if request.pcrs.get(i) != device.baseline[i]]
-        if differ or set(request.pcrs) != set(device.baseline):
-            return 403, _error(
-                "attestation-failed", f"PCR {', '.join(map(str, differ))} differ from the baseline"
-            )
+        if set(request.pcrs) != set(device.baseline):
+            return 403, _error("attestation-failed", "not the enrolled PCR selection")
+        if differ:
+            try:
+                approved_state(request.pcr_policy, device.pcr_policy_authority, request.pcrs)
+            except PCRPolicyError as exc:
+                return 403, _error(
+                    "attestation-failed",
+                    f"PCR {', '.join(map(str, differ))} differ from the baseline ({exc.message})",
+                )
         release = self.releases[(open_challenge["family"], open_challenge["version"])]
         envelope = seal_envelope(release.content_key, device.device_key, release.header)
         self.released += 1

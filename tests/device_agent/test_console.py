@@ -4,6 +4,7 @@ answering with quotes from a real swtpm that the technician's verifier accepts."
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import os
 import secrets
@@ -18,6 +19,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from components import require_executable, require_module
 from edgeseal.device_agent.console import (
@@ -33,7 +35,7 @@ from edgeseal.device_agent.slot_state import LoadedModel
 from edgeseal.device_agent.slots import SlotInfo
 from edgeseal.hardware.backend import open_backend
 from edgeseal.hardware.errors import KeyNotFoundError, PolicyCheckError, TPMCommandError
-from edgeseal.hardware.policy import PCRValues
+from edgeseal.hardware.policy import PCRValues, sign_pcr_policy
 from edgeseal.hardware.profiles import load_profile
 from edgeseal.hardware.swtpm import SwtpmProcess
 from edgeseal.sdk import console_wire
@@ -50,6 +52,11 @@ from edgeseal.sdk.console_wire import (
 from edgeseal.sdk.quote import verify_quote
 
 PCRS = load_profile("emulated").policy_pcrs
+#: The signed PCR policy the agent runs under (the bytes SignedPCRPolicy.to_bytes() writes).
+POLICY = sign_pcr_policy(
+    ec.generate_private_key(ec.SECP256R1()),
+    PCRValues("sha256", {i: bytes([i]) * 32 for i in PCRS}),
+).to_bytes()
 STATUS: dict[str, Any] = {
     "device_id": "console-1",
     "agent_version": "9.9.9",
@@ -61,6 +68,7 @@ STATUS: dict[str, Any] = {
         "slot": "b",
     },
     "floor": 2,
+    "pcr_policy": POLICY,
 }
 RESPONSE_KEYS = {
     "device_id",
@@ -69,6 +77,7 @@ RESPONSE_KEYS = {
     "model",
     "model_error",
     "floor",
+    "pcr_policy",
     "pcr_bank",
     "pcrs",
     "quote",
@@ -178,6 +187,42 @@ def test_responder_binds_the_status_to_the_nonce() -> None:
     assert doc["model"] == STATUS["model"] and doc["floor"] == 2
     assert doc["model_error"] is None  # a provider without the key: no error
     assert doc["time"].endswith("Z")
+    assert base64.b64decode(doc["pcr_policy"]) == POLICY
+
+
+def test_responder_binds_the_signed_policy_it_reports() -> None:
+    """``pcr_policy`` is part of the quoted status: another policy is another binding, and
+    a policy swapped into an answer no longer matches its quote."""
+    nonce = secrets.token_bytes(32)
+    other = sign_pcr_policy(
+        ec.generate_private_key(ec.SECP256R1()),
+        PCRValues("sha256", {i: bytes([i + 1]) * 32 for i in PCRS}),
+    ).to_bytes()
+
+    def answer(status: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+        r = AttestResponder(
+            FakeTPM(),  # type: ignore[arg-type]
+            PCRS,
+            lambda: status,
+            now=lambda: dt.datetime(2030, 1, 1, tzinfo=dt.UTC),
+        )
+        doc = json.loads(decode_one(r.handle(ATTEST_REQUEST, request_payload(nonce))).payload)
+        quoted = base64.b64decode(doc.pop("quote")["attest"])
+        return doc, quoted
+
+    ours, quoted = answer(STATUS)
+    theirs, quoted_other = answer({**STATUS, "pcr_policy": other})
+    none, quoted_none = answer({**STATUS, "pcr_policy": None})
+    # the same nonce, time and PCRs: only the policy differs, and so does the quote
+    assert len({quoted, quoted_other, quoted_none}) == 3
+    assert quoted == b"attest:" + attest_binding(nonce, ours)
+    assert none["pcr_policy"] is None and quoted_none == b"attest:" + attest_binding(nonce, none)
+    swapped = {**ours, "pcr_policy": theirs["pcr_policy"]}
+    assert quoted != b"attest:" + attest_binding(nonce, swapped)
+    # a provider that does not know the key reports null (bound like every field)
+    legacy, quoted_legacy = answer({k: v for k, v in STATUS.items() if k != "pcr_policy"})
+    assert legacy["pcr_policy"] is None
+    assert quoted_legacy == b"attest:" + attest_binding(nonce, legacy)
 
 
 def test_responder_reports_why_no_model_is_served_bound_to_the_quote() -> None:
@@ -338,12 +383,17 @@ def test_a_request_gets_a_quote_that_verifies(
     expected = bench.backend.pcr_read(PCRS)
     assert doc["pcrs"] == {str(i): expected.digests[i].hex() for i in PCRS}
     assert doc["pcrs"]["0"] != "00" * 32
+    assert base64.b64decode(doc["pcr_policy"]) == POLICY
 
     # the same answer with another nonce does not verify: it is bound to the nonce asked
     from edgeseal.sdk.errors import AttestationError
 
     with pytest.raises(AttestationError, match="qualifying data"):
         check_response(bench.ak_public, technician_frame_again(doc), secrets.token_bytes(32))
+    # nor with another signed policy slipped into it: the policy is bound too
+    forged = {**doc, "pcr_policy": base64.b64encode(POLICY + b" ").decode()}
+    with pytest.raises(AttestationError, match="qualifying data"):
+        check_response(bench.ak_public, technician_frame_again(forged), nonce)
 
 
 def technician_frame_again(doc: dict[str, Any]) -> Frame:
@@ -674,6 +724,9 @@ def test_the_daemon_answers_on_its_console_and_stops_it(tmp_path: Path, swtpm_ca
                 doc = check_response(ak_public, answers[0], nonce)
                 assert doc["device_id"] == "console-d" and doc["model"] is None
                 assert doc["model_error"] is None  # nothing installed is not an error
+                # the signed PCR policy the agent started with, as the device holds it
+                policy = base64.b64decode(doc["pcr_policy"])
+                assert policy == device.signed_policy().to_bytes()
                 assert isinstance(doc["floor"], int)
             finally:
                 daemon.request_stop()

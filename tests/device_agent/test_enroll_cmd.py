@@ -29,10 +29,21 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_der_public_key,
+)
 from cryptography.x509.oid import NameOID
 
 from edgeseal.device_agent.cli import main as agent_main
 from edgeseal.device_agent.config import AgentConfig, load_config
+from edgeseal.device_agent.daemon import (
+    MAX_POLICY_BYTES,
+    DaemonError,
+    NoSignedPolicyError,
+    read_signed_policy,
+)
 from edgeseal.device_agent.enroll import (
     ENROLLMENT_FILE,
     EnrollChallenge,
@@ -43,7 +54,9 @@ from edgeseal.device_agent.enroll import (
     select_ek_certificate,
 )
 from edgeseal.device_agent.mqtt_link import MQTTLinkSettings
-from edgeseal.hardware.emulated import EmulatedDevice
+from edgeseal.hardware.emulated import POLICY_FILE, EmulatedDevice
+from edgeseal.hardware.errors import PolicyFormatError
+from edgeseal.hardware.policy import PCRValues, authority_fingerprint, sign_pcr_policy
 from edgeseal.sdk.credential import make_credential
 from edgeseal.sdk.errors import AttestationError
 from edgeseal.sdk.quote import verify_quote
@@ -96,11 +109,14 @@ class FakeServer:
         }
 
     def finish(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        if set(body) != {"challenge_id", "secret", "pcrs", "quote"} or set(body["quote"]) != {
-            "attest",
-            "signature",
-        }:
+        keys = {"challenge_id", "secret", "pcrs", "quote", "pcr_policy_authority"}
+        if set(body) != keys or set(body["quote"]) != {"attest", "signature"}:
             self.problems.append(f"finish body keys {sorted(body)}")
+        authority = body.get("pcr_policy_authority")
+        if authority is not None:  # what the server stores: a P-256 SubjectPublicKeyInfo
+            key = load_der_public_key(base64.b64decode(authority, validate=True))
+            if not isinstance(key, ec.EllipticCurvePublicKey):
+                self.problems.append("the policy authority is not an EC key")
         challenge = self.challenges.pop(body["challenge_id"])
         if base64.b64decode(body["secret"]) != challenge["secret"]:
             return 403, {"error": {"code": "wrong_secret", "message": "wrong credential secret"}}
@@ -233,6 +249,17 @@ def test_enroll_runs_the_handshake_and_records_it(
         values = backend.pcr_read(PROFILE_PCRS)
     assert record["pcrs"] == {str(i): values.digests[i].hex() for i in PROFILE_PCRS}
     assert "enrolled enroll-1" in out.out and "created" in out.out
+
+    # the policy authority of the device's signed PCR policy went with the quote, so
+    # the server accepts boot states it approves later; the record names it
+    authority = device.emulated.signed_policy().authority
+    finish = fake_server.requests[1][1]
+    assert base64.b64decode(finish["pcr_policy_authority"]) == authority.public_bytes(
+        Encoding.DER, PublicFormat.SubjectPublicKeyInfo
+    )
+    fingerprint = authority_fingerprint(authority)
+    assert record["pcr_policy_authority_fingerprint"] == fingerprint
+    assert f"PCR policy authority: {fingerprint}" in out.out
     # the token is never printed nor logged
     assert TOKEN not in out.out + out.err + caplog.text
 
@@ -302,6 +329,32 @@ def test_enroll_installs_the_mqtt_login_for_run(
     assert "overrides it" in out.err and "mqtt://elsewhere:1883" in out.err
     assert password_file.read_text() == "mq-" + "r0tated!" * 5 + "\n"
     assert "r0tated" not in out.out + out.err + caplog.text
+
+
+@pytest.mark.swtpm
+def test_a_device_without_a_signed_policy_sends_no_authority_and_says_so(
+    device: Device, fake_server: FakeServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (device.emulated.state_dir / POLICY_FILE).unlink()
+    assert enroll(device) == 0
+    out = capsys.readouterr().out
+    assert fake_server.problems == []
+    assert fake_server.requests[1][1]["pcr_policy_authority"] is None
+    assert "PCR policy authority: none" in out and "only the baseline" in out
+    record = json.loads((device.state_dir / ENROLLMENT_FILE).read_text())
+    assert record["pcr_policy_authority_fingerprint"] is None
+
+
+@pytest.mark.swtpm
+def test_a_malformed_signed_policy_stops_enrollment_before_the_server_is_asked(
+    device: Device, fake_server: FakeServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (device.emulated.state_dir / POLICY_FILE).write_text('{"format": "nope"}')
+    assert enroll(device) == 1
+    err = capsys.readouterr().err
+    assert "cannot read the device's signed PCR policy" in err and "signed PCR policy" in err
+    assert fake_server.requests == []
+    assert not (device.state_dir / ENROLLMENT_FILE).exists()
 
 
 @pytest.mark.swtpm
@@ -395,8 +448,6 @@ def test_token_file_must_hold_one_token(
 
 
 def _cert(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
-    from cryptography.hazmat.primitives.serialization import Encoding
-
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ek")])
     now = dt.datetime.now(dt.UTC)
     cert = (
@@ -410,6 +461,25 @@ def _cert(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
         .sign(key, hashes.SHA256())
     )
     return cert.public_bytes(Encoding.DER)
+
+
+def test_signed_policy_is_read_from_pcr_policy_path_as_the_daemon_does(tmp_path: Path) -> None:
+    """Not emulated: ``pcr_policy_path``, bounded; a missing file is "no policy"."""
+    path = tmp_path / "pcr-policy.json"
+    config = AgentConfig(device_id="d1", state_dir=tmp_path / "state", pcr_policy_path=path)
+    with pytest.raises(NoSignedPolicyError, match="no signed PCR policy"):
+        read_signed_policy(config)
+    key = ec.generate_private_key(ec.SECP256R1())
+    policy = sign_pcr_policy(key, PCRValues("sha256", {i: bytes([i]) * 32 for i in PROFILE_PCRS}))
+    path.write_bytes(policy.to_bytes())
+    assert read_signed_policy(config).to_bytes() == policy.to_bytes()
+    path.write_bytes(b" " * (MAX_POLICY_BYTES + 1))
+    with pytest.raises(DaemonError, match="larger than any PCR policy") as err:
+        read_signed_policy(config)
+    assert not isinstance(err.value, NoSignedPolicyError)
+    path.write_bytes(b"[]")
+    with pytest.raises(PolicyFormatError):
+        read_signed_policy(config)
 
 
 def test_select_ek_certificate_picks_rsa_2048() -> None:

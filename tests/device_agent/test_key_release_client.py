@@ -2,9 +2,11 @@
 
 The device is a real emulated one (swtpm): its attestation key quotes, the
 fake server (tests/device_agent/key_server.py) verifies the quote with that
-AK and the recomputed binding, compares the PCRs with the baseline and seals
-a real HPKE envelope to the device's TPM decryption key, which the TPM then
-opens. The updater's use of it is tests/device_agent/test_updater_attested.py.
+AK and the recomputed binding, compares the PCRs with the baseline (or checks
+that the signed PCR policy the device sends approves them under its enrolled
+policy authority) and seals a real HPKE envelope to the device's TPM
+decryption key, which the TPM then opens. The updater's use of it is
+tests/device_agent/test_updater_attested.py.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from key_server import PROFILE_PCRS, Enrolled, FakeKeyServer, Published, running_key_server
 
 from edgeseal.device_agent.enroll import ENROLLMENT_FILE
@@ -34,7 +38,8 @@ from edgeseal.device_agent.key_release import (
 from edgeseal.device_agent.locked_backend import LockedBackend
 from edgeseal.device_agent.recipient import TPMRecipient
 from edgeseal.hardware.backend import KeyBackend
-from edgeseal.hardware.emulated import EmulatedDevice
+from edgeseal.hardware.emulated import AUTHORITY_KEY_FILE, EmulatedDevice
+from edgeseal.hardware.policy import SignedPCRPolicy, sign_pcr_policy
 from edgeseal.sdk.envelope import open_envelope
 from edgeseal.sdk.sealed import seal_model
 
@@ -46,6 +51,21 @@ DEVICE_ID = "kr-1"
 class Device:
     emulated: EmulatedDevice
     backend: KeyBackend
+
+    @property
+    def policy(self) -> SignedPCRPolicy:
+        """The signed PCR policy the agent runs under (what it sends with a release)."""
+        return self.emulated.signed_policy()
+
+    def approve_current_state(self, authority: ec.EllipticCurvePrivateKey | None = None) -> bytes:
+        """Sign the PCRs as they are now (an approved OS update), with the device's
+        policy authority unless another key is given; the policy's bytes."""
+        if authority is None:
+            pem = (self.emulated.state_dir / AUTHORITY_KEY_FILE).read_bytes()
+            key = serialization.load_pem_private_key(pem, password=None)
+            assert isinstance(key, ec.EllipticCurvePrivateKey)
+            authority = key
+        return sign_pcr_policy(authority, self.backend.pcr_read(PROFILE_PCRS)).to_bytes()
 
 
 @pytest.fixture
@@ -62,14 +82,19 @@ def device(tmp_path: Path, swtpm_ca: Path) -> Iterator[Device]:
 
 @pytest.fixture
 def server(device: Device) -> Iterator[FakeKeyServer]:
-    """The fake server, with the device enrolled (AK created now) and release demo v3."""
+    """The fake server, with the device enrolled (AK created now, with its policy
+    authority, as ``edgeseal-agent enroll`` sends it) and release demo v3."""
     ak_public = device.backend.create_attestation_key()
     values = device.backend.pcr_read(PROFILE_PCRS)
+    authority = device.policy.authority.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     with running_key_server() as srv:
         srv.devices[DEVICE_ID] = Enrolled(
             ak_public,
             {i: values.digests[i] for i in PROFILE_PCRS},
             device.emulated.device_key_public(),
+            authority,
         )
         info = seal_model(
             io.BytesIO(b"not really a model" * 10),
@@ -82,7 +107,13 @@ def server(device: Device) -> Iterator[FakeKeyServer]:
         yield srv
 
 
-def fetch(device: Device, server: FakeKeyServer, **client: float) -> bytes:
+_CURRENT = b"the device's policy"
+
+
+def fetch(
+    device: Device, server: FakeKeyServer, *, pcr_policy: bytes | None = _CURRENT, **client: float
+) -> bytes:
+    """Ask as the updater does: with the signed PCR policy the agent runs under."""
     return fetch_envelope(
         KeyReleaseClient(server.url, **client),
         device.backend,
@@ -90,6 +121,7 @@ def fetch(device: Device, server: FakeKeyServer, **client: float) -> bytes:
         PROFILE_PCRS,
         FAMILY,
         3,
+        pcr_policy=device.policy.to_bytes() if pcr_policy is _CURRENT else pcr_policy,
     )
 
 
@@ -99,6 +131,7 @@ def test_the_released_envelope_opens_in_the_tpm(device: Device, server: FakeKeyS
     assert server.problems == []
     assert server.requests == ["/v1/keys/challenge", "/v1/keys/release"]
     assert server.released == 1 and server.challenges == {}  # the challenge was used up
+    assert server.policies == [device.policy.to_bytes()]  # the policy the agent runs under
     published = server.releases[(FAMILY, 3)]
     recipient = TPMRecipient(device.backend, device.emulated.signed_policy())
     key = open_envelope(envelope, recipient, published.header)
@@ -107,19 +140,64 @@ def test_the_released_envelope_opens_in_the_tpm(device: Device, server: FakeKeyS
     locked = LockedBackend(device.backend)
     fetch_envelope(KeyReleaseClient(server.url), locked, DEVICE_ID, PROFILE_PCRS, FAMILY, 3)
     assert server.problems == [] and server.released == 2
+    assert server.policies[-1] is None  # no policy given: null, and the baseline still counts
 
 
 @pytest.mark.swtpm
 def test_a_changed_boot_state_is_refused_with_the_servers_message(
     device: Device, server: FakeKeyServer
 ) -> None:
-    device.backend.pcr_extend(9, b"\x01" * 32)  # another kernel
+    device.backend.pcr_extend(9, b"\x01" * 32)  # another kernel, not approved
     with pytest.raises(KeyReleaseRefusedError) as err:
         fetch(device, server)
     assert err.value.status == 403 and err.value.code == "attestation-failed"
-    assert err.value.message == "PCR 9 differ from the baseline"
+    assert err.value.message.startswith("PCR 9 differ from the baseline (PCR 9 reported")
     assert "refused the key release (403 attestation-failed)" in err.value.diagnostics()
     assert server.problems == []  # the quote itself was good
+
+
+@pytest.mark.swtpm
+def test_a_boot_state_the_policy_authority_approved_gets_the_key(
+    device: Device, server: FakeKeyServer
+) -> None:
+    """An approved OS update: PCR 9 changed, and the device's authority signed the new
+    state; the agent sends that policy, the server releases, the TPM opens it with it."""
+    device.backend.pcr_extend(9, b"\x01" * 32)
+    approved = device.approve_current_state()
+    envelope = fetch(device, server, pcr_policy=approved)
+    assert server.problems == [] and server.released == 1
+    published = server.releases[(FAMILY, 3)]
+    recipient = TPMRecipient(device.backend, SignedPCRPolicy.from_bytes(approved))
+    key = open_envelope(envelope, recipient, published.header)
+    assert key.secret_bytes() == published.content_key.secret_bytes()
+
+
+@pytest.mark.swtpm
+@pytest.mark.parametrize(
+    ("policy", "match"),
+    [
+        ("none", "the device sent no signed PCR policy"),
+        ("stale", "PCR 9 reported by the device differ"),
+        ("other-authority", "not by the device's enrolled policy authority"),
+        ("not-enrolled", "no PCR policy authority is enrolled"),
+    ],
+)
+def test_a_changed_boot_state_without_an_approval_is_refused(
+    device: Device, server: FakeKeyServer, policy: str, match: str
+) -> None:
+    device.backend.pcr_extend(9, b"\x01" * 32)
+    sent = {
+        "none": None,
+        "stale": device.policy.to_bytes(),  # the policy of the enrolled state
+        "other-authority": device.approve_current_state(ec.generate_private_key(ec.SECP256R1())),
+        "not-enrolled": device.approve_current_state(),
+    }[policy]
+    if policy == "not-enrolled":  # enrolled before enroll sent an authority
+        server.devices[DEVICE_ID].pcr_policy_authority = None
+    with pytest.raises(KeyReleaseRefusedError, match=match) as err:
+        fetch(device, server, pcr_policy=sent)
+    assert err.value.message.startswith("PCR 9 differ from the baseline")
+    assert server.released == 0 and server.policies == [sent]
 
 
 @pytest.mark.swtpm

@@ -232,6 +232,8 @@ def test_attested_release_from_not_enrolled_to_installed(rig: Rig) -> None:
     assert (result.outcome, result.version) == ("installed", 1), result
     assert set(result.phases) == set(PHASES)
     assert rig.server.problems == [] and rig.server.released == 1
+    # every release request carried the signed PCR policy the updater opens the key with
+    assert set(rig.server.policies) == {rig.device.signed_policy().to_bytes()}
     state = rig.installer.read_state()
     assert state.active is not None
     assert rig.installer.slot_info(state.active).model_version == 1

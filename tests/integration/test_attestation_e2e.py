@@ -6,6 +6,11 @@ loopback (credential activation in the TPM, a quote of its boot PCRs); the
 operator exports a signed trust bundle with ``edgeseal-server attest``; the
 running agent answers on one end of a real socat pty pair and the
 technician's ``edgeseal attest`` on the other end checks it offline.
+
+Enrollment also registers the device's PCR policy authority (the embedded
+team's key), so a boot state it approves later (``EmulatedDevice.approve()``,
+an OS update) passes the technician's check and gets attested keys, while a
+state nobody approved still fails.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from agent_fleet import AGENT, BIN, AgentDevice, Fleet, agent_env, fleet
 
 from components import require_executable
 from edgeseal.hardware.localca import LocalCA
+from edgeseal.hardware.policy import authority_fingerprint
 from edgeseal.hardware.serial_link import SerialLink
 
 SERVER = str(BIN / "edgeseal-server")
@@ -156,15 +162,62 @@ def test_a_device_missing_from_the_bundle_fails(tmp_path: Path, swtpm_ca: Path) 
             dev.device.stop()
 
 
+def test_an_approved_os_update_passes_attestation_and_an_unapproved_one_fails(
+    tmp_path: Path, swtpm_ca: Path
+) -> None:
+    """The embedded team approves a new kernel (signs the PCR policy for it with the
+    authority the device enrolled): after the reboot the agent opens its model with
+    that policy and reports it, and the technician's check passes, saying the state
+    was approved. Another kernel that nobody approved fails, saying why the policy
+    does not count."""
+    require_executable("socat", "socat")
+    with fleet(tmp_path) as f, SerialLink.start(tmp_path / "serial") as link:
+        dev = f.add_device("attest-5", swtpm_ca)
+        try:
+            f.publish(1)
+            assert dev.check_now()["outcome"] == "installed"
+            trust_ek_ca(f, swtpm_ca)
+            done = enroll(f, dev, tmp_path)
+            assert done.returncode == 0, done.stdout + done.stderr
+            fingerprint = authority_fingerprint(dev.device.signed_policy().authority)
+            assert f"PCR policy authority: {fingerprint}" in done.stdout
+            record = json.loads((dev.state_dir / "enrollment.json").read_text())
+            assert record["pcr_policy_authority_fingerprint"] == fingerprint
+            bundle, key = export_bundle(f, tmp_path)
+            with_console(dev, link)
+
+            dev.device.tamper("kernel")
+            dev.device.approve()  # an approved OS update, signed before its reboot
+            dev.device.restart()
+            with dev.daemon():
+                code, report = attest(link, bundle, key)
+            assert code == 0, report
+            assert report["passed"] is True
+            boot = {c["name"]: c["detail"] for c in report["checks"]}["boot-state"]
+            assert "9 changed since enrollment" in boot, report
+            assert boot.endswith(f"a state approved by policy authority {fingerprint}"), report
+
+            dev.device.tamper("kernel")  # and then one nobody approved
+            dev.device.restart()
+            with dev.daemon():
+                code, report = attest(link, bundle, key)
+            assert code == 1
+            boot = failed(report)["boot-state"]
+            assert boot.startswith("PCR 9 differs from the enrollment baseline"), report
+            assert "signed PCR policy does not approve these values" in boot, report
+        finally:
+            dev.device.stop()
+
+
 def test_attested_release_needs_the_enrolled_boot_state_and_an_unrevoked_device(
     tmp_path: Path, swtpm_ca: Path
 ) -> None:
     """An ``attested`` release's key comes from the server only after a fresh quote.
 
-    The boot state must equal the enrollment baseline: after an approved kernel
-    update the device key still works (envelope releases install) but the
-    server keeps attested keys back, naming the PCR; a revoked device gets
-    neither envelopes nor released keys.
+    The boot state must equal the enrollment baseline or a state the device's
+    enrolled policy authority approved: after an approved kernel update the
+    agent sends the new signed policy and attested releases install like
+    envelope ones; a revoked device gets neither envelopes nor released keys.
     """
     with fleet(tmp_path) as f:
         dev = f.add_device("attest-4", swtpm_ca)
@@ -180,12 +233,11 @@ def test_attested_release_needs_the_enrolled_boot_state_and_an_unrevoked_device(
             assert (result["outcome"], result["version"]) == ("installed", 2), result
 
             dev.device.tamper("kernel")
-            dev.device.approve()  # an approved OS update: the device key keeps working
-            dev.device.restart()
+            dev.device.approve()  # an approved OS update: the device key keeps working,
+            dev.device.restart()  # and the server accepts the state its authority signed
             f.publish(3, key_release="attested")
             result = dev.check_now()
-            assert result["outcome"] == "refused", result
-            assert "PCR 9" in result["reason"], result
+            assert (result["outcome"], result["version"]) == ("installed", 3), result
             f.publish(4)
             result = dev.check_now()
             assert (result["outcome"], result["version"]) == ("installed", 4), result

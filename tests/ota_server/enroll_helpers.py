@@ -9,7 +9,9 @@ test - so the server is checked against the contract's byte formats:
   manufacturer attributes, TCG EK EKU, no clientAuth);
 * :class:`SoftTpm` - an RSA 2048 EK with its certificate and a P-256 AK:
   the AK's TPMT_PUBLIC, ActivateCredential (RSA-OAEP, KDFa, AES-128-CFB,
-  outer HMAC) and quotes (TPMS_ATTEST signed with ECDSA/SHA-256).
+  outer HMAC) and quotes (TPMS_ATTEST signed with ECDSA/SHA-256); and, like
+  an agent of this version, the PCR policy authority its finish names (none
+  by default: ``"pcr_policy_authority": null``).
 """
 
 from __future__ import annotations
@@ -234,9 +236,19 @@ class SoftTpm:
         default_factory=lambda: ec.generate_private_key(ec.SECP256R1())
     )
     ak_attributes: int = AK_ATTRIBUTES
+    #: The public key of the authority that signs this device's PCR policies, if it has one.
+    policy_authority: ec.EllipticCurvePublicKey | None = None
 
     def __post_init__(self) -> None:
         self.ek_certificate = self.ca.issue_ek(self.ek_key.public_key())
+
+    @property
+    def policy_authority_der(self) -> bytes | None:
+        if self.policy_authority is None:
+            return None
+        return self.policy_authority.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
 
     @property
     def ak_public(self) -> bytes:
@@ -286,9 +298,11 @@ class SoftTpm:
             base64.b64decode(challenge["encrypted_secret"]),
         )
         attest, signature = self.quote(bytes.fromhex(challenge["nonce"]), pcrs)
+        authority = self.policy_authority_der
         return {
             "challenge_id": challenge["challenge_id"],
             "secret": b64(secret),
             "pcrs": pcrs_json(pcrs),
             "quote": {"attest": b64(attest), "signature": b64(signature)},
+            "pcr_policy_authority": None if authority is None else b64(authority),
         }

@@ -23,6 +23,7 @@ from release_helpers import build_release, device_key_pem, publish, sign
 from server_fixture import RunningServer
 
 from edgeseal.ota_server.cli import main
+from edgeseal.ota_server.ek_ca import add_ek_cas
 from edgeseal.sdk.errors import AttestationError
 from edgeseal.sdk.trust_bundle import TrustBundle, load_trust_bundle
 
@@ -111,6 +112,7 @@ def test_bundle_lists_enrolled_devices_and_releases_and_marks_revocation(
     assert device.ek_certificate_sha256 == hashlib.sha256(tpm.ek_certificate).hexdigest()
     assert dict(device.pcrs) == BASELINE and device.pcr_bank == "sha256"
     assert device.revoked is False
+    assert device.pcr_policy_authority is None  # it enrolled without one
     for release, yanked in ((first, True), (second, False)):
         listed = bundle.release("detector", release.version)
         assert listed is not None
@@ -135,6 +137,40 @@ def test_bundle_lists_enrolled_devices_and_releases_and_marks_revocation(
     actions = {(e["action"], e["outcome"]) for e in entries}
     assert {("ek-ca.add", "accepted"), ("attest.bundle", "accepted")} <= actions
     assert ("device.revoke", "accepted") in actions
+
+
+def test_bundle_carries_each_devices_pcr_policy_authority(
+    ota_server: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The technician's boot-state check accepts a state the device's authority approved:
+    the bundle says which authority that is, or null for a device enrolled without one."""
+    server = ota_server
+    operator = server.token("operator")
+    ca = EkCa()
+    add_ek_cas(server.data_dir / "ek-ca", ca.pem(), source="test")
+    authority = ec.generate_private_key(ec.SECP256R1())
+    authority_der = authority.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    for device_id in ("dev-1", "dev-2"):
+        add_device(server, operator, device_id)
+    with_authority = SoftTpm(ca, policy_authority=authority.public_key())
+    enroll(server, operator, with_authority, "dev-1")
+    enroll(server, operator, SoftTpm(ca), "dev-2")
+
+    bundle, path = export(capsys, server, tmp_path)
+    first, second = bundle.device("dev-1"), bundle.device("dev-2")
+    assert first is not None and first.pcr_policy_authority == authority_der
+    assert second is not None and second.pcr_policy_authority is None
+    payload = json.loads(base64.b64decode(json.loads(path.read_bytes())["payload"]))
+    entries = {d["device_id"]: d for d in payload["devices"]}
+    assert entries["dev-1"]["pcr_policy_authority"] == base64.b64encode(authority_der).decode()
+    assert entries["dev-2"]["pcr_policy_authority"] is None  # present, null
+
+    with_authority.policy_authority = None  # enrolled again without one: the next bundle says so
+    enroll(server, operator, with_authority, "dev-1")
+    again, _ = export(capsys, server, tmp_path)
+    assert again.device("dev-1").pcr_policy_authority is None  # type: ignore[union-attr]
 
 
 def test_bundle_does_not_load_with_another_key(

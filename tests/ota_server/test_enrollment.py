@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from enroll_helpers import EkCa, SoftTpm, b64, pcr_values, pcrs_json
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -27,10 +28,11 @@ from release_helpers import device_key_pem
 from server_fixture import RunningServer, new_signer
 from sqlalchemy.orm import Session
 
+from edgeseal.hardware.policy import authority_fingerprint
 from edgeseal.ota_server.audit import AuditEntry, AuditLog
 from edgeseal.ota_server.config import DEFAULT_ATTESTATION_PCRS, ServerConfig
 from edgeseal.ota_server.context import ServerContext
-from edgeseal.ota_server.db import DeviceAttestationRow, EnrollmentChallengeRow
+from edgeseal.ota_server.db import Database, DeviceAttestationRow, EnrollmentChallengeRow
 from edgeseal.ota_server.devices import add_device
 from edgeseal.ota_server.ek_ca import UntrustedEkError, add_ek_cas
 from edgeseal.ota_server.enrollment import (
@@ -119,9 +121,28 @@ def answer(tpm: SoftTpm, challenge: Challenge, pcrs: dict[int, bytes] = BASELINE
     return secret, pcrs, tpm.quote(challenge.nonce, pcrs)
 
 
-def enroll(env: Env, tpm: SoftTpm, device_id: str = "dev-1") -> Any:
+def enroll(
+    env: Env, tpm: SoftTpm, device_id: str = "dev-1", *, authority: bytes | None = None
+) -> Any:
     challenge = env.enrollment.start(device_id, tpm.ek_certificate, tpm.ak_public)
-    return env.enrollment.finish(challenge.challenge_id, *answer(tpm, challenge))
+    return env.enrollment.finish(
+        challenge.challenge_id, *answer(tpm, challenge), pcr_policy_authority=authority
+    )
+
+
+def spki(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
+    return key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def compressed_spki(key: ec.EllipticCurvePrivateKey) -> bytes:
+    """The same P-256 key as a SubjectPublicKeyInfo with a compressed point (RFC 5480, 2.2)."""
+    point = key.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint
+    )
+    # SEQUENCE { SEQUENCE { id-ecPublicKey, secp256r1 }, BIT STRING (0 unused bits, point) }
+    return bytes.fromhex("3039301306072a8648ce3d020106082a8648ce3d030107032200") + point
 
 
 # --- the service ------------------------------------------------------------------------------
@@ -141,6 +162,7 @@ def test_enrollment_records_ak_ek_hash_and_baseline(env: Env) -> None:
     assert record.pcrs == BASELINE and record.pcr_bank == "sha256"
     assert record.ek_certificate_sha256 == hashlib.sha256(tpm.ek_certificate).hexdigest()
     assert not record.revoked
+    assert record.pcr_policy_authority is None  # it named no PCR policy authority
     with env.ctx.db.session() as session:
         row = session.get(DeviceAttestationRow, "dev-1")
         assert row is not None and row.pcrs == pcrs_json(BASELINE)
@@ -149,6 +171,7 @@ def test_enrollment_records_ak_ek_hash_and_baseline(env: Env) -> None:
     assert (start.action, start.outcome) == ("enroll.start", "accepted")
     assert (finish.action, finish.outcome) == ("enroll.finish", "accepted")
     assert finish.details["device"] == "dev-1" and finish.details["re_enrolled"] is False
+    assert finish.details["pcr_policy_authority"] is None
     dump = json.dumps([e.as_json() for e in env.entries()])
     for spelling in (secret.hex(), b64(secret), base64.urlsafe_b64encode(secret).decode()):
         assert spelling not in dump
@@ -300,6 +323,59 @@ def test_re_enroll_same_ak_refreshes_baseline_another_ak_conflicts(env: Env) -> 
     other = SoftTpm(env.ca)
     with pytest.raises(ConflictError, match="another attestation key"):
         env.enrollment.start("dev-1", other.ek_certificate, other.ak_public)
+
+
+def test_pcr_policy_authority_is_recorded_and_re_enrollment_replaces_it(env: Env) -> None:
+    """The key whose signed PCR policies approve later boot states: each enrollment says
+    which one the device has now - another after a key rotation, none after a reset."""
+    tpm = SoftTpm(env.ca)
+    first, second = (ec.generate_private_key(ec.SECP256R1()) for _ in range(2))
+    assert enroll(env, tpm, authority=spki(first)).record.pcr_policy_authority == spki(first)
+    assert env.entries()[-1].details["pcr_policy_authority"] == authority_fingerprint(
+        first.public_key()
+    )
+    record = enroll(env, tpm, authority=spki(second)).record
+    assert record.pcr_policy_authority == spki(second)
+    assert env.entries()[-1].details["re_enrolled"] is True
+    with env.ctx.db.session() as session:
+        row = session.get(DeviceAttestationRow, "dev-1")
+        assert row is not None and row.pcr_policy_authority == spki(second)
+    assert enroll(env, tpm).record.pcr_policy_authority is None
+    assert env.entries()[-1].details["pcr_policy_authority"] is None
+    with env.ctx.db.session() as session:
+        row = session.get(DeviceAttestationRow, "dev-1")
+        assert row is not None and row.pcr_policy_authority is None
+
+
+def test_pcr_policy_authority_is_stored_in_one_spelling(env: Env) -> None:
+    """A compressed point is the same key: stored as the uncompressed SubjectPublicKeyInfo
+    that signed PCR policies carry, so the two compare equal at key release."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    record = enroll(env, SoftTpm(env.ca), authority=compressed_spki(key)).record
+    assert record.pcr_policy_authority == spki(key)
+
+
+@pytest.mark.parametrize(
+    ("authority", "why"),
+    [
+        (b"\x30\x03junk", "not a DER SubjectPublicKeyInfo"),
+        (spki(rsa.generate_private_key(65537, 2048)), "must be an ECDSA P-256 public key"),
+        (spki(ec.generate_private_key(ec.SECP384R1())), "must be an ECDSA P-256 public key"),
+        (bytes(600), "1 to 512 bytes"),
+    ],
+    ids=["junk", "rsa", "p384", "too long"],
+)
+def test_pcr_policy_authority_must_be_a_p256_public_key(
+    env: Env, authority: bytes, why: str
+) -> None:
+    tpm = SoftTpm(env.ca)
+    with pytest.raises(BadRequestError, match=why) as refused:
+        enroll(env, tpm, authority=authority)
+    assert refused.value.field == "pcr_policy_authority"
+    with env.ctx.db.session() as session:
+        assert session.get(DeviceAttestationRow, "dev-1") is None  # nothing recorded
+    last = env.entries()[-1]
+    assert (last.action, last.outcome, last.details["status"]) == ("enroll.finish", "refused", 400)
 
 
 def test_revoked_device_cannot_enroll_again(env: Env) -> None:
@@ -505,6 +581,56 @@ def test_enrollment_role_matrix(ota_server: RunningServer) -> None:
     assert len(refused) == 3
 
 
+def _stored_authority(server: RunningServer, device_id: str) -> bytes | None:
+    db = Database.open(server.data_dir / "server.db")
+    try:
+        with db.session() as session:
+            row = session.get(DeviceAttestationRow, device_id)
+            assert row is not None
+            return row.pcr_policy_authority
+    finally:
+        db.close()
+
+
+def test_pcr_policy_authority_over_http(ota_server: RunningServer) -> None:
+    server = ota_server
+    ca, operator = _server_setup(server)
+    authority = ec.generate_private_key(ec.SECP256R1())
+    tpm = SoftTpm(ca, policy_authority=authority.public_key())
+
+    def finish(edit: Any = None) -> Any:
+        started = server.request(
+            "POST", "/v1/enroll/start", token=operator, body=tpm.start_body("dev-1")
+        )
+        assert started.status == 200, started.body
+        body = tpm.finish_body(started.json(), BASELINE)
+        if edit is not None:
+            edit(body)
+        return server.request("POST", "/v1/enroll/finish", token=operator, body=body)
+
+    answer = finish()
+    assert answer.status == 200, answer.body
+    assert _stored_authority(server, "dev-1") == spki(authority)
+    # an agent from before signed PCR policies sends no key: read as null
+    answer = finish(lambda body: body.pop("pcr_policy_authority"))
+    assert answer.status == 200, answer.body
+    assert _stored_authority(server, "dev-1") is None
+    for bad, why in (
+        ("***", "not valid base64"),
+        (b64(spki(rsa.generate_private_key(65537, 2048))), "ECDSA P-256"),
+        (7, "base64"),
+    ):
+        answer = finish(lambda body, bad=bad: body.update(pcr_policy_authority=bad))
+        assert answer.status == 400, answer.body
+        assert why in answer.json()["error"]["message"]
+    finishes = _audit(server, "enroll.finish")
+    assert [e["outcome"] for e in finishes] == ["accepted"] * 2 + ["refused"] * 3
+    assert finishes[0]["details"]["pcr_policy_authority"] == authority_fingerprint(
+        authority.public_key()
+    )
+    assert finishes[1]["details"]["pcr_policy_authority"] is None
+
+
 # --- untrusted request bodies ------------------------------------------------------------------
 
 _json = st.recursive(
@@ -519,11 +645,16 @@ _json = st.recursive(
     secret=_json | st.binary(max_size=40).map(b64),
     pcrs=_json | st.dictionaries(st.text(max_size=3), st.text(max_size=70), max_size=5),
     quote=_json | st.fixed_dictionaries({"attest": _json, "signature": _json}),
+    authority=_json | st.binary(max_size=600).map(b64),
 )
-def test_finish_body_parser_refuses_garbage_with_400(secret: Any, pcrs: Any, quote: Any) -> None:
+def test_finish_body_parser_refuses_garbage_with_400(
+    secret: Any, pcrs: Any, quote: Any, authority: Any
+) -> None:
     body = {"challenge_id": "x", "secret": secret, "pcrs": pcrs, "quote": quote}
+    body["pcr_policy_authority"] = authority
     try:
         evidence = parse_evidence(body)
     except BadRequestError:
         return
     assert len(evidence.secret) == 32 and all(len(v) == 32 for v in evidence.pcrs.values())
+    assert authority is None or 1 <= len(evidence.pcr_policy_authority or b"") <= 512

@@ -6,15 +6,18 @@ release with ``key_release = "attested"`` is sealed, uploaded and signed with
 the real release flow. The device's requests are the sdk's bodies
 (:mod:`edgeseal.sdk.key_release`), sent as bytes; one test drives the device
 agent's own client against the server. The server's clock is injected, so the
-expiry test travels in time instead of sleeping.
+expiry test travels in time instead of sleeping. Boot states approved after
+enrollment are signed with the hardware layer's own
+:func:`~edgeseal.hardware.policy.sign_pcr_policy`, the embedded team's tool.
 """
 
 from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,6 +30,7 @@ from release_helpers import BuiltRelease, build_release, device_key_pem, publish
 from server_fixture import Response, RunningServer, running_server
 
 import edgeseal.ota_server.app as app_module
+from edgeseal.hardware.policy import PCRValues, authority_fingerprint, sign_pcr_policy
 from edgeseal.ota_server.ek_ca import add_ek_cas
 from edgeseal.sdk.envelope import SoftwareRecipient, open_envelope
 from edgeseal.sdk.key_release import (
@@ -41,6 +45,8 @@ from edgeseal.sdk.key_release import (
 
 BASELINE = pcr_values()
 FAMILY = "detector"
+#: The boot state after an approved OS update: a new kernel measured into PCR 9.
+UPDATED = {**BASELINE, 9: hashlib.sha256(b"kernel 6.12").digest()}
 
 
 @dataclass
@@ -70,8 +76,14 @@ class Env:
     # -- fleet ----------------------------------------------------------------------------------
 
     def add_device(
-        self, device_id: str, *, hardware_class: str = "rpi5", channel: str = "stable"
+        self,
+        device_id: str,
+        *,
+        hardware_class: str = "rpi5",
+        channel: str = "stable",
+        authority: ec.EllipticCurvePrivateKey | None = None,
     ) -> Device:
+        """A device whose agent enrolls with ``authority`` as its PCR policy authority."""
         key, pem = device_key_pem()
         added = self.server.request(
             "POST",
@@ -85,7 +97,8 @@ class Env:
             },
         )
         assert added.status == 201, added.body
-        return Device(device_id, key, SoftTpm(self.ca), hardware_class)
+        tpm = SoftTpm(self.ca, policy_authority=authority.public_key() if authority else None)
+        return Device(device_id, key, tpm, hardware_class)
 
     def enroll(self, device: Device, pcrs: dict[int, bytes] = BASELINE) -> None:
         started = self.server.request(
@@ -157,13 +170,21 @@ def quote_answer(
     nonce: bytes | None = None,
     bound_to: tuple[str, str, int] | None = None,
     tpm: SoftTpm | None = None,
+    pcr_policy: bytes | None = None,
 ) -> bytes:
     """What an honest device sends (each keyword bends one part of it)."""
     values = BASELINE if pcrs is None else pcrs
     device_id, family, bound_version = bound_to or (device.id, FAMILY, version)
     binding = key_release_binding(nonce or challenge.nonce, device_id, family, bound_version)
     attest, signature = (tpm or device.tpm).quote(binding, values)
-    return KeyReleaseRequest(challenge.challenge_id, values, attest, signature).encode()
+    return KeyReleaseRequest(
+        challenge.challenge_id, values, attest, signature, pcr_policy=pcr_policy
+    ).encode()
+
+
+def signed_policy(authority: ec.EllipticCurvePrivateKey, values: Mapping[int, bytes]) -> bytes:
+    """The embedded team approves ``values``: a SignedPCRPolicy as the agent holds it."""
+    return sign_pcr_policy(authority, PCRValues("sha256", values)).to_bytes()
 
 
 def refusal(answer: Response) -> tuple[int, str, str]:
@@ -261,13 +282,15 @@ def test_pcrs_that_differ_from_the_baseline_are_named(env: Env) -> None:
     answer = env.release(quote_answer(device, challenge, 1, pcrs=changed))
     status, code, message = refusal(answer)
     assert (status, code) == (403, "attestation-failed")
-    assert "PCR 4, 15 differ from the enrollment baseline" in message
+    assert "PCRs 4, 15 differ from the enrollment baseline" in message
+    assert "the device sent no signed PCR policy" not in message  # it enrolled no authority
+    assert "no PCR policy authority is enrolled" in message
     # the challenge is used up by the refusal
     again = env.release(quote_answer(device, challenge, 1))
     assert refusal(again)[:2] == (404, "not-found")
     entries = env.audit("key.release")
     assert [e["outcome"] for e in entries] == ["refused", "refused"]
-    assert "PCR 4, 15 differ" in entries[0]["details"]["reason"]
+    assert "PCRs 4, 15 differ" in entries[0]["details"]["reason"]
     assert entries[0]["details"]["status"] == 403
 
 
@@ -342,6 +365,158 @@ def test_expired_challenge(env: Env) -> None:
     assert refusal(env.release(quote_answer(device, challenge, 1)))[0] == 404  # and gone
 
 
+# --- boot states approved after enrollment (signed PCR policies) ----------------------------------
+
+
+def test_baseline_needs_no_policy_whatever_is_sent(env: Env) -> None:
+    authority = ec.generate_private_key(ec.SECP256R1())
+    device = env.add_device("dev-1", authority=authority)
+    env.enroll(device)
+    env.publish(1)
+    for policy in (None, signed_policy(authority, UPDATED), b"not a policy"):
+        challenge = env.challenge(device, 1)
+        answer = env.release(quote_answer(device, challenge, 1, pcr_policy=policy))
+        assert answer.status == 200, answer.body
+    details = [e["details"] for e in env.audit("key.release")]
+    assert [d["boot_state"] for d in details] == ["baseline"] * 3
+    assert all("policy_authority" not in d for d in details)
+
+
+@pytest.mark.parametrize("extra", [False, True], ids=["same PCRs", "more PCRs"])
+def test_state_approved_by_the_enrolled_authority_gets_the_key(env: Env, extra: bool) -> None:
+    """An approved OS update changed PCR 9: the policy the embedded team signed for the new
+    values unlocks the key, as it unlocks the TPM's (it may name more PCRs than quoted)."""
+    authority = ec.generate_private_key(ec.SECP256R1())
+    device = env.add_device("dev-1", authority=authority)
+    env.enroll(device)
+    release = env.publish(1)
+    approved = {**UPDATED, 7: bytes(32)} if extra else UPDATED
+    challenge = env.challenge(device, 1)
+    answer = env.release(
+        quote_answer(
+            device, challenge, 1, pcrs=UPDATED, pcr_policy=signed_policy(authority, approved)
+        )
+    )
+    assert answer.status == 200, answer.body
+    envelope = KeyReleaseResponse.parse(answer.body).envelope
+    assert open_envelope(envelope, SoftwareRecipient(device.key), release.info.header) == (
+        release.info.content_key
+    )
+    (released,) = env.audit("key.release")
+    assert released["outcome"] == "accepted"
+    assert released["details"]["boot_state"] == "approved"
+    assert released["details"]["changed_pcrs"] == [9]
+    assert released["details"]["policy_authority"] == authority_fingerprint(authority.public_key())
+
+
+def _refused_with_policy(env: Env, case: str) -> str:
+    """Enroll (with or without an authority), quote a changed state with the policy ``case``
+    describes, and return the refusal's message (asserting 403 and an audited refusal)."""
+    authority = ec.generate_private_key(ec.SECP256R1())
+    other = ec.generate_private_key(ec.SECP256R1())
+    device = env.add_device("dev-1", authority=None if case == "no authority" else authority)
+    env.enroll(device)
+    env.publish(1)
+    quoted = UPDATED
+    policy: bytes | None = {
+        "no policy": None,
+        "no authority": signed_policy(authority, UPDATED),
+        "another authority": signed_policy(other, UPDATED),
+        "other values": signed_policy(authority, {**UPDATED, 9: bytes(32)}),
+        "not every PCR": signed_policy(authority, {i: UPDATED[i] for i in (0, 9)}),
+        "garbage": b"{}",
+    }.get(case)
+    if case == "also PCR 4":  # the update was approved, but PCR 4 changed too
+        quoted = {**UPDATED, 4: b"\x04" * 32}
+        policy = signed_policy(authority, UPDATED)
+    challenge = env.challenge(device, 1)
+    answer = env.release(quote_answer(device, challenge, 1, pcrs=quoted, pcr_policy=policy))
+    status, code, message = refusal(answer)
+    assert (status, code) == (403, "attestation-failed"), message
+    (entry,) = env.audit("key.release")
+    assert entry["outcome"] == "refused" and entry["details"]["reason"] == message
+    return message
+
+
+@pytest.mark.parametrize(
+    ("case", "why"),
+    [
+        ("no policy", "the device sent no signed PCR policy"),
+        ("no authority", "no PCR policy authority is enrolled for the device"),
+        ("another authority", "not by the device's enrolled policy authority"),
+        ("other values", "PCR 9 reported by the device differ from the values"),
+        ("not every PCR", "PCRs 4, 15 reported by the device differ"),
+        ("garbage", "the signed PCR policy needs exactly the keys"),
+    ],
+)
+def test_changed_state_without_an_approval_is_refused(env: Env, case: str, why: str) -> None:
+    message = _refused_with_policy(env, case)
+    assert "PCR 9 differs from the enrollment baseline" in message
+    assert why in message
+
+
+def test_approval_of_some_changes_does_not_cover_others(env: Env) -> None:
+    message = _refused_with_policy(env, "also PCR 4")
+    assert "PCRs 4, 9 differ from the enrollment baseline" in message
+    assert "PCR 4 approved" in message  # the policy approves PCR 9's new value, not PCR 4's
+
+
+def test_quote_is_checked_before_the_policy(env: Env) -> None:
+    """A caller without the device's AK learns nothing about its baseline or its authority."""
+    authority = ec.generate_private_key(ec.SECP256R1())
+    device = env.add_device("dev-1", authority=authority)
+    env.enroll(device)
+    env.publish(1)
+    challenge = env.challenge(device, 1)
+    forged = quote_answer(
+        device,
+        challenge,
+        1,
+        pcrs=UPDATED,
+        pcr_policy=signed_policy(authority, UPDATED),
+        tpm=SoftTpm(env.ca),
+    )
+    status, code, message = refusal(env.release(forged))
+    assert (status, code) == (403, "attestation-failed")
+    assert "not signed by the enrolled attestation key" in message
+    assert "policy" not in message and "baseline" not in message
+
+
+def test_re_enrolling_without_an_authority_withdraws_approvals(env: Env) -> None:
+    authority = ec.generate_private_key(ec.SECP256R1())
+    device = env.add_device("dev-1", authority=authority)
+    env.enroll(device)
+    env.publish(1)
+    policy = signed_policy(authority, UPDATED)
+    challenge = env.challenge(device, 1)
+    answer = env.release(quote_answer(device, challenge, 1, pcrs=UPDATED, pcr_policy=policy))
+    assert answer.status == 200, answer.body
+    device.tpm.policy_authority = None
+    env.enroll(device)  # same boot as before (its baseline), no authority any more
+    challenge = env.challenge(device, 1)
+    status, _code, message = refusal(
+        env.release(quote_answer(device, challenge, 1, pcrs=UPDATED, pcr_policy=policy))
+    )
+    assert status == 403 and "no PCR policy authority is enrolled" in message
+    challenge = env.challenge(device, 1)
+    assert env.release(quote_answer(device, challenge, 1)).status == 200
+
+
+def test_request_without_the_policy_key_reads_as_none(env: Env) -> None:
+    """An agent from before signed PCR policies sends no ``pcr_policy``: the baseline only."""
+    authority = ec.generate_private_key(ec.SECP256R1())
+    device = env.add_device("dev-1", authority=authority)
+    env.enroll(device)
+    env.publish(1)
+    for pcrs, status in ((BASELINE, 200), (UPDATED, 403)):
+        challenge = env.challenge(device, 1)
+        body = json.loads(quote_answer(device, challenge, 1, pcrs=pcrs))
+        body.pop("pcr_policy", None)
+        answer = env.server.request("POST", RELEASE_PATH, body=body)
+        assert answer.status == status, answer.body
+    assert "the device sent no signed PCR policy" in refusal(answer)[2]
+
+
 # --- the device -----------------------------------------------------------------------------------
 
 
@@ -350,9 +525,9 @@ def test_revoked_device(env: Env) -> None:
     env.publish(1)
     open_challenge = env.challenge(device, 1)
     env.revoke(device.id)
-    # an open challenge does not survive the revocation
+    # an open challenge does not survive the revocation (revocation deletes it)
     status, code, message = refusal(env.release(quote_answer(device, open_challenge, 1)))
-    assert (status, code) == (403, "attestation-failed") and "revoked" in message
+    assert (status, code) == (404, "not-found") and "unknown key-release challenge" in message
     status, code, message = refusal(env.ask(device.id, 1))
     assert (status, code) == (403, "attestation-failed")
     assert "device dev-1 is revoked" in message

@@ -7,7 +7,9 @@ its TPMT_PUBLIC and every quote's TPMS_ATTEST are marshaled by tpm2-pytss
 parsers are checked against an independent implementation), and the quote is
 qualified with ``attest_binding(nonce, status)`` exactly as the agent does.
 Tests change one thing (a PCR, the nonce, the signer) and assert the checker
-names it.
+names it. A device may carry a signed PCR policy (boot states approved after
+enrollment); it is signed with the hardware layer's own ``sign_pcr_policy``, so
+the sdk's independent reader is checked against the writer the agent uses.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from components import require_module
-from edgeseal.sdk.console_wire import attest_binding
+from edgeseal.hardware.policy import BANK_SHA256, PCRValues, sign_pcr_policy
+from edgeseal.sdk.console_wire import attest_binding, encode_pcr_policy
 from edgeseal.sdk.trust_bundle import format_time
 
 NOW = dt.datetime(2025, 6, 1, 12, 0, 0, tzinfo=dt.UTC)
@@ -37,6 +40,17 @@ def pcr_value(index: int, boot: str = "good") -> bytes:
 
 def baseline() -> dict[int, bytes]:
     return {i: pcr_value(i) for i in BASELINE_PCRS}
+
+
+def spki(key: ec.EllipticCurvePublicKey) -> bytes:
+    return key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def signed_policy(authority: ec.EllipticCurvePrivateKey, values: dict[int, bytes]) -> bytes:
+    """``SignedPCRPolicy.to_bytes()`` of ``values`` signed by ``authority`` (hardware's writer)."""
+    return sign_pcr_policy(authority, PCRValues(BANK_SHA256, values)).to_bytes()
 
 
 def ak_public_bytes(key: ec.EllipticCurvePublicKey) -> bytes:
@@ -116,6 +130,19 @@ class SimulatedDevice:
     #: False plays an agent from before ``model_error``: the key is not sent at all.
     sends_model_error: bool = True
     floor: int | None = 2
+    #: The key the device's PCR policies are signed with (its enrolled policy authority).
+    policy_authority: ec.EllipticCurvePrivateKey | None = None
+    #: The agent's current SignedPCRPolicy bytes, or None.
+    pcr_policy: bytes | None = None
+    #: False plays an agent from before ``pcr_policy``: the key is not sent at all.
+    sends_pcr_policy: bool = True
+
+    def approve_boot(self, authority: ec.EllipticCurvePrivateKey | None = None) -> bytes:
+        """Sign the device's current PCRs (an approved update) and make it its policy."""
+        signer = authority or self.policy_authority
+        assert signer is not None, "the device has no policy authority"
+        self.pcr_policy = signed_policy(signer, self.pcrs)
+        return self.pcr_policy
 
     @property
     def ak_public(self) -> bytes:
@@ -131,9 +158,12 @@ class SimulatedDevice:
             "floor": self.floor,
             "pcr_bank": "sha256",
             "pcrs": {str(i): v.hex() for i, v in sorted(self.pcrs.items())},
+            "pcr_policy": encode_pcr_policy(self.pcr_policy),
         }
         if not self.sends_model_error:
             del status["model_error"]
+        if not self.sends_pcr_policy:
+            del status["pcr_policy"]
         return status
 
     def respond(
@@ -162,6 +192,11 @@ class SimulatedDevice:
             "pcr_bank": "sha256",
             "pcrs": {str(i): v.hex() for i, v in baseline().items()},
             "revoked": False,
+            "pcr_policy_authority": (
+                None
+                if self.policy_authority is None
+                else b64(spki(self.policy_authority.public_key()))
+            ),
         }
         entry.update(changes)
         return entry

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import functools
+import json
 import secrets
 from typing import Any
 
@@ -23,6 +24,8 @@ from attest_fixtures import (
     pcr_value,
     quote_attest,
     release_entry,
+    signed_policy,
+    spki,
 )
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -36,6 +39,7 @@ from edgeseal.sdk.attest_check import (
     check_attestation_payload,
 )
 from edgeseal.sdk.console_wire import attest_binding, canonical_json
+from edgeseal.sdk.pcr_policy import authority_fingerprint, policy_pcr_digest
 from edgeseal.sdk.trust_bundle import TrustBundle, load_trust_bundle, sign_trust_bundle
 
 BUNDLE_KEY = ec.generate_private_key(ec.SECP256R1())
@@ -386,6 +390,10 @@ def _mutations(device: SimulatedDevice, nonce: bytes) -> list[tuple[str, Any]]:
         ("model_error newline", change("model_error", "locked\nPASS  model")),
         ("model_error long", change("model_error", "x" * 513)),
         ("missing key next to an optional one", {k: v for k, v in good.items() if k != "time"}),
+        ("pcr_policy type", change("pcr_policy", 5)),
+        ("pcr_policy empty", change("pcr_policy", "")),
+        ("pcr_policy base64", change("pcr_policy", "not base64!")),
+        ("pcr_policy over 16 KiB", change("pcr_policy", b64(b"p" * (16 * 1024 + 1)))),
     ]
 
 
@@ -407,7 +415,7 @@ def test_malformed_model_errors_say_what_is_allowed(device: SimulatedDevice, non
     )
     missing = {k: v for k, v in good.items() if k != "floor"}
     detail = check_attestation(missing, nonce, bundle, now=NOW).check("response").detail
-    assert "(optional: model_error) (missing: floor; unknown: none)" in detail
+    assert "(optional: model_error, pcr_policy) (missing: floor; unknown: none)" in detail
 
 
 @pytest.mark.parametrize(
@@ -469,3 +477,176 @@ def test_the_nonce_and_now_are_checked_as_arguments(device: SimulatedDevice) -> 
 
 def test_baseline_indices_match_the_fixture() -> None:
     assert tuple(_DEVICE.pcrs) == BASELINE_PCRS
+
+
+# --- boot states approved after enrollment (signed PCR policies) -----------------------------
+
+AUTHORITY = ec.generate_private_key(ec.SECP256R1())
+FINGERPRINT = authority_fingerprint(spki(AUTHORITY.public_key()))
+
+
+@pytest.fixture
+def updated() -> SimulatedDevice:
+    """A device whose approved OS update changed PCRs 4 and 7 since enrollment."""
+    device = SimulatedDevice(policy_authority=AUTHORITY)
+    device.pcrs[4] = pcr_value(4, "updated")
+    device.pcrs[7] = pcr_value(7, "updated")
+    return device
+
+
+def _boot_state(device: SimulatedDevice, nonce: bytes, **entry: Any) -> AttestReport:
+    return check_attestation(
+        device.respond(nonce), nonce, _bundle(device.bundle_entry(**entry)), now=NOW
+    )
+
+
+def test_an_approved_update_passes_the_boot_state(updated: SimulatedDevice, nonce: bytes) -> None:
+    updated.approve_boot()
+    report = _boot_state(updated, nonce)
+    assert report.passed, report.render()
+    assert report.check("boot-state").detail == (
+        f"PCRs 4, 7 changed since enrollment to a state approved by policy authority {FINGERPRINT}"
+    )
+
+
+def test_a_policy_naming_more_pcrs_than_reported_counts(
+    updated: SimulatedDevice, nonce: bytes
+) -> None:
+    updated.pcr_policy = signed_policy(AUTHORITY, {**updated.pcrs, 9: pcr_value(9, "updated")})
+    assert _boot_state(updated, nonce).passed
+
+
+def test_an_unapproved_change_without_a_policy_fails(
+    updated: SimulatedDevice, nonce: bytes
+) -> None:
+    report = _boot_state(updated, nonce)
+    assert _failed(report) == ["boot-state"]
+    detail = report.check("boot-state").detail
+    assert detail.startswith("PCRs 4, 7 differ from the enrollment baseline (PCR 4 baseline ")
+    assert detail.endswith(
+        "the firmware, bootloader, kernel or boot configuration changed, and the device sent "
+        "no signed PCR policy approving the new state"
+    )
+
+
+def test_a_policy_does_not_count_without_an_enrolled_authority(
+    updated: SimulatedDevice, nonce: bytes
+) -> None:
+    updated.approve_boot()
+    report = _boot_state(updated, nonce, pcr_policy_authority=None)
+    assert _failed(report) == ["boot-state"]
+    assert report.check("boot-state").detail.endswith(
+        "and no signed PCR policy counts: the trust bundle names no PCR policy authority for "
+        "this device"
+    )
+
+
+def test_a_policy_signed_by_another_authority_fails(updated: SimulatedDevice, nonce: bytes) -> None:
+    other = ec.generate_private_key(ec.SECP256R1())
+    updated.approve_boot(other)
+    report = _boot_state(updated, nonce)
+    assert _failed(report) == ["boot-state"]
+    theirs = authority_fingerprint(spki(other.public_key()))
+    assert (
+        "and the device's signed PCR policy is signed by another authority: the signed PCR "
+        f"policy is signed by authority {theirs}, not by the device's enrolled policy authority "
+        f"{FINGERPRINT}"
+    ) in report.check("boot-state").detail
+
+
+def test_a_tampered_policy_fails_with_a_bad_signature(
+    updated: SimulatedDevice, nonce: bytes
+) -> None:
+    """The agent reports (and quotes) a policy whose signed values it changed."""
+    honest = signed_policy(AUTHORITY, baseline_of(updated))
+    doc = json.loads(honest)
+    doc["pcrs"] = {str(i): v.hex() for i, v in updated.pcrs.items()}
+    doc["policy_digest"] = policy_pcr_digest(updated.pcrs).hex()
+    updated.pcr_policy = json.dumps(doc).encode()
+    report = _boot_state(updated, nonce)
+    assert _failed(report) == ["boot-state"]
+    assert "signed PCR policy has a bad signature: " in report.check("boot-state").detail
+
+
+def test_a_policy_for_other_values_fails_naming_them(
+    updated: SimulatedDevice, nonce: bytes
+) -> None:
+    approved = {**updated.pcrs, 7: pcr_value(7, "release candidate")}
+    updated.pcr_policy = signed_policy(AUTHORITY, approved)
+    report = _boot_state(updated, nonce)
+    assert _failed(report) == ["boot-state"]
+    detail = report.check("boot-state").detail
+    assert detail.startswith("PCRs 4, 7 differ from the enrollment baseline")
+    assert "signed PCR policy does not approve these values: PCR 7 reported by the device" in (
+        detail
+    )
+
+
+def test_a_malformed_policy_fails_the_boot_state_not_the_response(
+    updated: SimulatedDevice, nonce: bytes
+) -> None:
+    updated.pcr_policy = b'{"format": "something else"}'
+    report = _boot_state(updated, nonce)
+    assert _failed(report) == ["boot-state"]
+    assert "signed PCR policy is malformed: " in report.check("boot-state").detail
+
+
+def test_a_baseline_pcr_not_reported_is_not_saved_by_a_policy(
+    updated: SimulatedDevice, nonce: bytes
+) -> None:
+    updated.approve_boot()
+    del updated.pcrs[7]  # the policy still approves PCR 7; the device does not report it
+    report = _boot_state(updated, nonce)
+    assert _failed(report) == ["boot-state"]
+    detail = report.check("boot-state").detail
+    assert "PCR 7 not reported" in detail and "approved by policy authority" not in detail
+    assert detail.endswith("a signed PCR policy cannot approve a PCR that is not reported")
+
+
+def test_an_approved_state_the_quote_does_not_prove_fails(
+    updated: SimulatedDevice, nonce: bytes
+) -> None:
+    updated.approve_boot()
+    response = updated.respond(nonce, quoted_pcrs=baseline_of(updated))
+    report = check_attestation(response, nonce, _bundle(updated.bundle_entry()), now=NOW)
+    assert "boot-state" in _failed(report) and "pcrs" in _failed(report)
+    assert report.check("boot-state").detail == (
+        f"PCRs 4, 7 changed since enrollment to a state approved by policy authority "
+        f"{FINGERPRINT}, but the quote does not prove them"
+    )
+
+
+def test_the_baseline_passes_whatever_policy_is_sent(nonce: bytes) -> None:
+    device = SimulatedDevice(policy_authority=AUTHORITY, pcr_policy=b"not even JSON")
+    report = _boot_state(device, nonce)
+    assert report.passed, report.render()
+    assert "equal the baseline recorded at enrollment" in report.check("boot-state").detail
+
+
+def test_a_swapped_pcr_policy_breaks_the_nonce(updated: SimulatedDevice, nonce: bytes) -> None:
+    """pcr_policy is part of the status the quote binds: changing it afterwards is caught."""
+    response = updated.respond(nonce)  # sent with "pcr_policy": null
+    assert response["pcr_policy"] is None
+    response["pcr_policy"] = b64(signed_policy(AUTHORITY, updated.pcrs))
+    report = check_attestation(response, nonce, _bundle(updated.bundle_entry()), now=NOW)
+    assert "nonce" in _failed(report)
+    assert "the status was changed after it was quoted" in report.check("nonce").detail
+    dropped = {k: v for k, v in updated.respond(nonce).items() if k != "pcr_policy"}
+    assert "nonce" in _failed(
+        check_attestation(dropped, nonce, _bundle(updated.bundle_entry()), now=NOW)
+    )
+
+
+def test_an_agent_before_pcr_policy_is_checked_as_before(nonce: bytes) -> None:
+    device = SimulatedDevice(sends_pcr_policy=False)
+    response = device.respond(nonce)
+    assert "pcr_policy" not in response
+    assert _boot_state(device, nonce).passed
+    device.pcrs[4] = pcr_value(4, "updated")
+    report = _boot_state(device, nonce)
+    assert _failed(report) == ["boot-state"]
+    assert "the trust bundle names no PCR policy authority" in report.check("boot-state").detail
+
+
+def baseline_of(device: SimulatedDevice) -> dict[int, bytes]:
+    return {i: pcr_value(i) for i in device.pcrs}

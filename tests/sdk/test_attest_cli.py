@@ -198,6 +198,28 @@ def test_a_tampered_pcr_fails_naming_it(technician: Technician, device: Simulate
     assert out.splitlines()[-1].startswith("FAIL: device cam-0042 is NOT attested")
 
 
+def test_an_approved_update_passes_and_an_unapproved_one_says_why(
+    technician: Technician, device: SimulatedDevice
+) -> None:
+    device.policy_authority = ec.generate_private_key(ec.SECP256R1())
+    technician.bundle([device.bundle_entry()])
+    device.pcrs[4] = pcr_value(4, "updated")
+    device.approve_boot()
+    technician.answer(honest(device))
+    code, out, err = technician.run()
+    assert code == 0, out + err
+    assert "PASS  boot-state: PCRs 4 changed since enrollment to a state approved by policy " in (
+        out
+    )
+    technician.close()
+    device.pcrs[7] = pcr_value(7, "updated")  # not in the signed policy's values
+    technician.answer(honest(device))
+    code, out, _ = technician.run()
+    assert code == 1
+    assert "FAIL  boot-state: PCRs 4, 7 differ from the enrollment baseline" in out
+    assert "signed PCR policy does not approve these values" in out
+
+
 def test_a_model_the_device_cannot_open_fails_saying_why(
     technician: Technician, device: SimulatedDevice
 ) -> None:

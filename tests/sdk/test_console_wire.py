@@ -23,13 +23,16 @@ from edgeseal.sdk.console_wire import (
     MAX_FRAME_BYTES,
     MAX_MODEL_ERROR_CHARS,
     MAX_PAYLOAD_BYTES,
+    MAX_PCR_POLICY_BYTES,
     Frame,
     FrameDecoder,
     attest_binding,
     canonical_json,
+    decode_pcr_policy,
     encode_attest_request,
     encode_error,
     encode_frame,
+    encode_pcr_policy,
     is_model_error,
     model_error_text,
     parse_attest_request,
@@ -250,6 +253,43 @@ def test_attest_binding_covers_the_model_error() -> None:
         attest_binding(nonce, {k: v for k, v in status.items() if k != "model_error"}),
     }
     assert len(bindings) == 3  # null, a reason and an absent key are three statuses
+
+
+def test_attest_binding_covers_the_pcr_policy() -> None:
+    nonce = bytes(range(32))
+    status = {"device_id": "cam-1", "pcr_policy": None}
+    signed = {**status, "pcr_policy": encode_pcr_policy(b'{"format":"x"}')}
+    assert signed["pcr_policy"] == "eyJmb3JtYXQiOiJ4In0="
+    expected = hashlib.sha256(
+        b"edgeseal-attest-v1\x00"
+        + nonce
+        + b'{"device_id":"cam-1","pcr_policy":"eyJmb3JtYXQiOiJ4In0="}'
+    ).digest()
+    assert attest_binding(nonce, signed) == expected
+    bindings = {
+        attest_binding(nonce, status),
+        attest_binding(nonce, signed),
+        attest_binding(nonce, {"device_id": "cam-1"}),
+    }
+    assert len(bindings) == 3
+
+
+def test_pcr_policy_field_round_trip_and_bounds() -> None:
+    assert encode_pcr_policy(None) is None and decode_pcr_policy(None) is None
+    largest = b"p" * MAX_PCR_POLICY_BYTES
+    assert MAX_PCR_POLICY_BYTES == 16 * 1024
+    assert decode_pcr_policy(encode_pcr_policy(largest)) == largest
+    with pytest.raises(FormatError, match="1 to 16384 bytes"):
+        encode_pcr_policy(largest + b"p")
+    with pytest.raises(FormatError, match="1 to 16384 bytes"):
+        encode_pcr_policy(b"")
+    for value in (5, "", "A" * 21_848, "QUFB" * 5462 + "QQ=="):
+        with pytest.raises(FormatError, match="base64 of 1 to 16384 bytes") as info:
+            decode_pcr_policy(value)
+        assert info.value.field == "pcr_policy"
+    for value in ("not base64!", "QQ", "é==="):
+        with pytest.raises(FormatError, match="pcr_policy is not valid base64"):
+            decode_pcr_policy(value)
 
 
 def test_model_error_text_is_printable_one_line_and_bounded() -> None:

@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 import pytest
-from attest_fixtures import NOW, SimulatedDevice, bundle_payload, release_entry
+from attest_fixtures import NOW, SimulatedDevice, bundle_payload, release_entry, spki
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -198,6 +198,17 @@ SCHEMA_VIOLATIONS = [
     ("devices.0.pcrs", {"0": "AA" * 32}, "64 lowercase hex"),
     ("devices.0.pcrs", [], "object of PCR index"),
     ("devices.0.revoked", 0, "revoked"),
+    ("devices.0.pcr_policy_authority", "not base64!", "pcr_policy_authority is not valid base64"),
+    ("devices.0.pcr_policy_authority", "", "pcr_policy_authority must be null or base64"),
+    ("devices.0.pcr_policy_authority", 5, "pcr_policy_authority must be null or base64"),
+    ("devices.0.pcr_policy_authority", "QUFBQQ==", "not a DER SubjectPublicKeyInfo"),
+    ("devices.0.pcr_policy_authority", "QQ==" * 200, "must be null or base64"),
+    (
+        "devices.0.pcr_policy_authority",
+        # An EC SubjectPublicKeyInfo with an unknown algorithm OID (1.2.648.10045.2.1).
+        "MFkwEwYHKoUIzj0CAQYIKoZIzj0DAQcDQgAE" + "A" * 86 + "==",
+        "not a DER SubjectPublicKeyInfo",
+    ),
     ("devices.0.colour", "red", "unknown: colour"),
     ("devices.1.device_id", "cam-0042", "listed twice"),
     ("releases.0.family", "Detector", "family"),
@@ -244,3 +255,53 @@ def test_fractional_seconds_are_read() -> None:
 def test_an_empty_fleet_is_a_valid_bundle() -> None:
     bundle = load_trust_bundle(sign_trust_bundle(bundle_payload([], []), KEY), KEY.public_key())
     assert bundle.devices == () and bundle.releases == ()
+
+
+# --- the PCR policy authority (boot states approved after enrollment) ------------------------
+
+
+def test_the_pcr_policy_authority_is_read_as_der() -> None:
+    authority = ec.generate_private_key(ec.SECP256R1())
+    device = SimulatedDevice(policy_authority=authority)
+    payload = bundle_payload([device.bundle_entry(), DEVICE.bundle_entry(device_id="cam-0043")])
+    bundle = load_trust_bundle(sign_trust_bundle(payload, KEY), KEY.public_key())
+    with_authority, without = bundle.device("cam-0042"), bundle.device("cam-0043")
+    assert with_authority is not None and without is not None
+    assert with_authority.pcr_policy_authority == spki(authority.public_key())
+    assert without.pcr_policy_authority is None
+
+
+def test_a_bundle_of_the_previous_version_has_no_pcr_policy_authority() -> None:
+    """A device entry without the key (exported before signed PCR policies) reads as null."""
+    entry = DEVICE.bundle_entry()
+    del entry["pcr_policy_authority"]
+    bundle = load_trust_bundle(sign_trust_bundle(bundle_payload([entry]), KEY), KEY.public_key())
+    device = bundle.device("cam-0042")
+    assert device is not None and device.pcr_policy_authority is None
+
+
+def test_a_compressed_point_authority_is_normalized() -> None:
+    """Any encoding of the P-256 key is read; the DER kept is the uncompressed SPKI."""
+    authority = ec.generate_private_key(ec.SECP256R1()).public_key()
+    compressed = authority.public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint
+    )
+    # SubjectPublicKeyInfo prefix of a P-256 key with a 33-byte compressed point.
+    der = bytes.fromhex("3039301306072a8648ce3d020106082a8648ce3d030107032200") + compressed
+    assert serialization.load_der_public_key(der) is not None
+    entry = DEVICE.bundle_entry(pcr_policy_authority=base64.b64encode(der).decode())
+    bundle = load_trust_bundle(sign_trust_bundle(bundle_payload([entry]), KEY), KEY.public_key())
+    device = bundle.device("cam-0042")
+    assert device is not None and device.pcr_policy_authority == spki(authority)
+
+
+@pytest.mark.parametrize("curve", [ec.SECP384R1(), ec.SECP256K1()])
+def test_a_pcr_policy_authority_that_is_not_p256_is_refused(curve: ec.EllipticCurve) -> None:
+    other = spki(ec.generate_private_key(curve).public_key())
+    entry = DEVICE.bundle_entry(pcr_policy_authority=base64.b64encode(other).decode())
+    payload = bundle_payload([entry])
+    with pytest.raises(AttestationError, match="P-256") as info:
+        load_trust_bundle(_file(canonical_json(payload)), KEY.public_key())
+    assert info.value.field == "pcr_policy_authority"
+    with pytest.raises(AttestationError, match="P-256"):
+        sign_trust_bundle(payload, KEY)

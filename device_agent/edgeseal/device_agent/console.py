@@ -5,10 +5,11 @@ A technician plugs a laptop into the device's serial console and runs
 nonce comes down the wire in an ``ATTEST_REQUEST`` frame
 (:mod:`edgeseal.sdk.console_wire`); the agent answers with an
 ``ATTEST_RESPONSE``: its status (device id, agent version, time, the model it
-serves or why it serves none, the anti-rollback floor, the board profile's
-PCRs) and a TPM quote with the attestation key (AK) over those PCRs whose
-qualifying data is ``attest_binding(nonce, status)``, so the answer is fresh
-and the status cannot be swapped under the quote.
+serves or why it serves none, the anti-rollback floor, the signed PCR policy
+it runs under, the board profile's PCRs) and a TPM quote with the attestation
+key (AK) over those PCRs whose qualifying data is ``attest_binding(nonce,
+status)``, so the answer is fresh and the status cannot be swapped under the
+quote.
 
 Whoever holds the cable is untrusted, so:
 
@@ -53,6 +54,7 @@ from edgeseal.sdk.console_wire import (
     canonical_json,
     encode_error,
     encode_frame,
+    encode_pcr_policy,
     model_error_text,
     parse_attest_request,
 )
@@ -76,7 +78,9 @@ MAX_ERROR_TEXT = 200
 #: The agent's part of the status: ``device_id``, ``agent_version``, ``model`` (None or
 #: ``{family, version, digest_alg, plaintext_digest, slot}``), ``model_error`` (None, or why
 #: no model is served although one is installed: made printable and bounded here),
-#: ``floor`` (int or None).
+#: ``floor`` (int or None), ``pcr_policy`` (None, or the ``SignedPCRPolicy.to_bytes()`` the
+#: agent runs under: sent base64, so a boot state its authority approved after enrollment
+#: passes the technician's check; a provider without the key reports null).
 StatusProvider = Callable[[], Mapping[str, Any]]
 
 
@@ -178,6 +182,7 @@ class AttestResponder:
         base = self._status()
         model = base.get("model")
         model_error = base.get("model_error")
+        pcr_policy = base.get("pcr_policy")
         with exclusive(self._backend) as backend:
             values = backend.pcr_read(self._pcrs)
             status: dict[str, Any] = {
@@ -187,6 +192,7 @@ class AttestResponder:
                 "model": None if model is None else dict(model),
                 "model_error": None if model_error is None else model_error_text(model_error),
                 "floor": base.get("floor"),
+                "pcr_policy": encode_pcr_policy(pcr_policy),
                 "pcr_bank": PCR_BANK,
                 "pcrs": {str(i): values.digests[i].hex() for i in self._pcrs},
             }

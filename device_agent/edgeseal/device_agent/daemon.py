@@ -29,6 +29,15 @@ With ``console_port`` set, a thread answers a field technician's attestation
 requests on that serial line (:mod:`~edgeseal.device_agent.console`); it shares
 the TPM with the update cycle through :class:`LockedBackend`.
 
+The signed PCR policy is read once, at start (:func:`open_key_setup`), and
+this process keeps it: the installer and the updater open the device key with
+it, attested key releases send it, attestation answers report it
+(``pcr_policy``). When the embedded team approves a new boot state (an OS
+update; ``EmulatedDevice.approve()`` for an emulated device) the new policy
+counts from the agent's next start, normally the reboot into that OS that
+measures the new PCR values. Until then the agent holds, and reports, the
+policy it started with.
+
 Files: ``STATE/agent.pid`` (for check-now/rollback to signal us) and
 ``STATE/daemon.json`` (what is served, the floor, the last cycle: read by
 ``status``, which must not open the TPM while we hold it - swtpm serves one
@@ -66,7 +75,7 @@ from edgeseal.device_agent.update_outcome import UpdateResult
 from edgeseal.device_agent.update_records import load_release_metadata
 from edgeseal.device_agent.updater import TUFClientFactory, UpdateCancelledError, Updater
 from edgeseal.hardware.backend import KeyBackend, open_backend
-from edgeseal.hardware.errors import PolicyCheckError
+from edgeseal.hardware.errors import EmulatorError, PolicyCheckError
 from edgeseal.hardware.policy import SignedPCRPolicy
 from edgeseal.hardware.profiles import load_profile
 from edgeseal.sdk.runtime import TFLiteModel, load_model
@@ -105,8 +114,52 @@ class KeySetup:
     pcrs: tuple[int, ...] = ()
 
 
+class NoSignedPolicyError(DaemonError):
+    """The device has no signed PCR policy at all (the file is missing)."""
+
+
+def read_signed_policy(config: AgentConfig) -> SignedPCRPolicy:
+    """The signed PCR policy the agent runs under, read as :func:`open_key_setup` does.
+
+    ``emulated:DIR`` -> that device's approved policy; else ``pcr_policy_path``
+    (at most :data:`MAX_POLICY_BYTES`). Parsed, not verified (the TPM checks the
+    signature when the key is used). Raises :class:`NoSignedPolicyError` when there
+    is no policy file, DaemonError when it cannot be read, PolicyFormatError when it
+    is malformed.
+    """
+    device_dir = config.emulated_device_dir
+    if device_dir is not None:
+        from edgeseal.hardware.emulated import EmulatedDevice
+
+        try:
+            return EmulatedDevice(device_dir).signed_policy()
+        except EmulatorError as exc:
+            if isinstance(exc.__cause__, FileNotFoundError):
+                raise NoSignedPolicyError(
+                    f"the emulated device {device_dir} has no signed PCR policy"
+                ) from exc
+            raise
+    path = config.pcr_policy_path
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_POLICY_BYTES + 1)
+    except FileNotFoundError as exc:
+        raise NoSignedPolicyError(f"no signed PCR policy at {path}") from exc
+    except OSError as exc:
+        raise DaemonError(f"cannot read the signed PCR policy {path}: {exc.strerror}") from exc
+    if len(data) > MAX_POLICY_BYTES:
+        raise DaemonError(f"{path} is larger than any PCR policy")
+    return SignedPCRPolicy.from_bytes(data)
+
+
 def open_key_setup(config: AgentConfig) -> KeySetup:
-    """``emulated:DIR`` -> that device's TPM and signed policy; else a TCTI + policy file."""
+    """``emulated:DIR`` -> that device's TPM and signed policy; else a TCTI + policy file.
+
+    The policy is read once, here: an agent process runs under the policy it
+    started with (a newly approved one counts from the next start, i.e. the
+    reboot into the approved OS that measures the new PCR values).
+    """
+    approved = read_signed_policy(config)
     device_dir = config.emulated_device_dir
     if device_dir is not None:
         from edgeseal.hardware.emulated import EmulatedDevice
@@ -114,21 +167,8 @@ def open_key_setup(config: AgentConfig) -> KeySetup:
         device = EmulatedDevice(device_dir)
         profile = device.profile
         return KeySetup(
-            LockedBackend(device.backend()),
-            device.signed_policy(),
-            profile.hardware_class,
-            profile.policy_pcrs,
+            LockedBackend(device.backend()), approved, profile.hardware_class, profile.policy_pcrs
         )
-    try:
-        with config.pcr_policy_path.open("rb") as handle:
-            data = handle.read(MAX_POLICY_BYTES + 1)
-    except OSError as exc:
-        raise DaemonError(
-            f"cannot read the signed PCR policy {config.pcr_policy_path}: {exc.strerror}"
-        ) from exc
-    if len(data) > MAX_POLICY_BYTES:
-        raise DaemonError(f"{config.pcr_policy_path} is larger than any PCR policy")
-    approved = SignedPCRPolicy.from_bytes(data)
     profile = load_profile(config.profile)
     backend = LockedBackend(open_backend(config.key_backend))
     return KeySetup(backend, approved, profile.hardware_class, profile.policy_pcrs)
@@ -204,6 +244,9 @@ class Daemon:
         #: What an attestation reports: the served model's claim and why none is served
         #: (replaced whole, so the console thread never reads one without the other).
         self._attested: tuple[dict[str, Any] | None, str | None] = (None, None)
+        #: The signed PCR policy this process runs under (``SignedPCRPolicy.to_bytes()``),
+        #: read once at start: what attestation answers report as ``pcr_policy``.
+        self._pcr_policy: bytes | None = None
         self._installer: Installer | None = None
         self._console: SerialConsole | None = None
         self._last: UpdateResult | None = None
@@ -250,6 +293,7 @@ class Daemon:
     def run(self) -> None:
         """Start, serve and poll until asked to stop."""
         keys = open_key_setup(self.config)
+        self._pcr_policy = keys.approved.to_bytes()
         server: InferenceServer | None = None
         try:
             installer = make_installer(self.config, keys)
@@ -425,7 +469,9 @@ class Daemon:
 
     def attest_status(self) -> dict[str, Any]:
         """The agent's part of an attestation answer (console thread): what it serves,
-        or why it serves nothing (``model_error``: the start error, e.g. a locked key)."""
+        or why it serves nothing (``model_error``: the start error, e.g. a locked key),
+        and the signed PCR policy this process runs under (``pcr_policy``, bytes: the
+        one read at start, so a policy approved since counts from the next start)."""
         floor: int | None = None
         if self._installer is not None:
             try:
@@ -439,6 +485,7 @@ class Daemon:
             "model": model,
             "model_error": model_error,
             "floor": floor,
+            "pcr_policy": self._pcr_policy,
         }
 
     # -- files ------------------------------------------------------------------------------
@@ -523,10 +570,12 @@ __all__ = [
     "Daemon",
     "DaemonError",
     "KeySetup",
+    "NoSignedPolicyError",
     "make_installer",
     "open_config_backend",
     "open_key_setup",
     "read_pid",
+    "read_signed_policy",
     "signal_agent",
     "start_check",
     "start_serving",

@@ -12,10 +12,14 @@ docs/dev/attestation-contracts.md:
    PCRs to quote;
 3. TPM2_ActivateCredential (TPM 2.0 Part 1 §24) recovers the secret only if
    AK and EK are in this TPM; quote the PCRs with the AK over the nonce;
-4. ``POST /v1/enroll/finish`` with the secret, the PCR values and the quote;
-   the server records the AK and the PCRs as the device's baseline and, when
-   it runs an MQTT broker, answers the device's broker login
-   (:class:`MQTTCredentials`: URL, user name = device id, password).
+4. ``POST /v1/enroll/finish`` with the secret, the PCR values, the quote and
+   the *policy authority* of the device's signed PCR policy (the embedded
+   team's key, DER SubjectPublicKeyInfo; null when the device has no policy);
+   the server records the AK and the PCRs as the device's baseline, and the
+   authority, so that boot states it approves later (an OS update) pass
+   attestation and attested key release too; when it runs an MQTT broker, it
+   answers the device's broker login (:class:`MQTTCredentials`: URL, user
+   name = device id, password).
 
 :func:`install_mqtt_credentials` puts that login where ``edgeseal-agent run``
 looks: the password in the configuration's ``mqtt_password_file`` (0600,
@@ -49,12 +53,14 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from edgeseal.device_agent.errors import AgentError
 from edgeseal.device_agent.state import ensure_dir, timestamp, utc_now, write_json
 from edgeseal.hardware.backend import KeyBackend
 from edgeseal.hardware.errors import KeyNotFoundError
+from edgeseal.hardware.policy import SignedPCRPolicy, authority_fingerprint
 from edgeseal.sdk.client import ManagementClient
 from edgeseal.sdk.errors import FormatError
 from edgeseal.sdk.files import atomic_write, atomic_writer
@@ -230,12 +236,22 @@ class EnrollmentClient(ManagementClient):
         pcrs: Mapping[int, bytes],
         attest: bytes,
         signature: bytes,
+        *,
+        pcr_policy_authority: ec.EllipticCurvePublicKey | None,
     ) -> dict[str, Any]:
+        authority = None
+        if pcr_policy_authority is not None:
+            authority = _b64(
+                pcr_policy_authority.public_bytes(
+                    serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+                )
+            )
         body = {
             "challenge_id": challenge_id,
             "secret": _b64(secret),
             "pcrs": {str(i): value.hex() for i, value in sorted(pcrs.items())},
             "quote": {"attest": _b64(attest), "signature": _b64(signature)},
+            "pcr_policy_authority": authority,
         }
         answer = self._json("POST", FINISH_PATH, body)
         if not isinstance(answer, dict):
@@ -255,6 +271,9 @@ class EnrollmentRecord:
     pcrs: dict[str, str]
     enrolled_at: str
     ak_created: bool
+    #: ``authority_fingerprint`` of the policy authority sent (None: the device had no
+    #: signed PCR policy, so only the baseline counts for attestation).
+    pcr_policy_authority_fingerprint: str | None = None
     #: The broker login the server issued (not persisted here: see install_mqtt_credentials).
     mqtt: MQTTCredentials | None = field(default=None, repr=False, compare=False)
 
@@ -269,6 +288,7 @@ class EnrollmentRecord:
             "ek_certificate_sha256": self.ek_certificate_sha256,
             "pcr_bank": "sha256",
             "pcrs": self.pcrs,
+            "pcr_policy_authority_fingerprint": self.pcr_policy_authority_fingerprint,
             "enrolled_at": self.enrolled_at,
         }
 
@@ -285,10 +305,13 @@ def enroll(
     client: EnrollmentClient,
     device_id: str,
     *,
+    pcr_policy: SignedPCRPolicy | None,
     now: dt.datetime | None = None,
 ) -> EnrollmentRecord:
-    """Run the handshake (module docstring). Raises HardwareError (TPM), ClientError
-    (the server refused or was unreachable) or EnrollmentError; records nothing."""
+    """Run the handshake (module docstring). ``pcr_policy`` is the signed PCR policy the
+    agent runs under (its authority goes to the server), or None when the device has
+    none. Raises HardwareError (TPM), ClientError (the server refused or was
+    unreachable) or EnrollmentError; records nothing."""
     try:
         ak_public = backend.attestation_key_public()
         created = False
@@ -306,7 +329,10 @@ def enroll(
     values = backend.pcr_read(challenge.pcrs)
     pcrs = {i: values.digests[i] for i in challenge.pcrs}
     attest, signature = backend.quote(challenge.nonce, challenge.pcrs)
-    answer = client.enroll_finish(challenge.challenge_id, secret, pcrs, attest, signature)
+    authority = None if pcr_policy is None else pcr_policy.authority
+    answer = client.enroll_finish(
+        challenge.challenge_id, secret, pcrs, attest, signature, pcr_policy_authority=authority
+    )
     if answer.get("enrolled") is not True or answer.get("device_id") != device_id:
         raise EnrollmentError("the server did not confirm the enrollment of this device")
     mqtt = MQTTCredentials.from_json(answer["mqtt"], device_id) if "mqtt" in answer else None
@@ -319,6 +345,9 @@ def enroll(
         pcrs={str(i): value.hex() for i, value in pcrs.items()},
         enrolled_at=timestamp(now or utc_now()),
         ak_created=created,
+        pcr_policy_authority_fingerprint=(
+            None if authority is None else authority_fingerprint(authority)
+        ),
         mqtt=mqtt,
     )
 

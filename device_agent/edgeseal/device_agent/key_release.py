@@ -14,7 +14,10 @@ no envelope in the TUF repository (docs/dev/attestation-contracts.md,
    under the backend's lock, with qualifying data
    :func:`~edgeseal.sdk.key_release.key_release_binding` ``(nonce, device_id,
    family, version)``;
-4. ``POST /v1/keys/release`` with the values and the quote; the answer is the
+4. ``POST /v1/keys/release`` with the values, the quote and the signed PCR
+   policy the agent runs under (``SignedPCRPolicy.to_bytes()``, or null): the
+   server releases on the enrollment baseline or on a boot state the device's
+   enrolled policy authority approved (an OS update); the answer is the
    content key's HPKE envelope, sealed to the device's TPM decryption key,
    which the updater opens like any other.
 
@@ -309,11 +312,16 @@ def fetch_envelope(  # noqa: PLR0917 - who asks, with what, for what
     profile_pcrs: Sequence[int],
     family: str,
     version: int,
+    *,
+    pcr_policy: bytes | None = None,
 ) -> bytes:
     """The release's envelope for this device, released by the server on a fresh quote.
 
     ``profile_pcrs`` are the board profile's PCRs: the challenge must name
-    exactly these. Raises the errors of the module docstring, or HardwareError.
+    exactly these. ``pcr_policy`` is the signed PCR policy the agent runs under
+    (``SignedPCRPolicy.to_bytes()``; None sends null), which lets the server
+    accept a boot state approved after enrollment. Raises the errors of the
+    module docstring, or HardwareError.
     """
     expected = tuple(sorted(set(profile_pcrs)))
     if not expected:
@@ -348,6 +356,7 @@ def fetch_envelope(  # noqa: PLR0917 - who asks, with what, for what
         {i: values.digests[i] for i in challenge.pcrs},
         attest,
         signature,
+        pcr_policy=pcr_policy,
     )
     return client.release(release)
 

@@ -38,7 +38,9 @@ The checks against the signed metadata are in
 Attested releases (``key_release = "attested"``) have no envelope target: after
 the model is downloaded (so a slow download cannot outlive the server's
 2-minute challenge), the envelope is released by the server on a fresh quote
-(:mod:`~edgeseal.device_agent.key_release`; its time counts as ``download``).
+(:mod:`~edgeseal.device_agent.key_release`; its time counts as ``download``),
+with the signed PCR policy this updater opens the device key with, so a boot
+state the policy authority approved after enrollment gets the key too.
 The enrollment is checked *before* the download, so a device that is not
 enrolled does not fetch a model it cannot open. A refused key release is
 remembered in memory only, as the contract says ("not retried until the next
@@ -430,6 +432,7 @@ class Updater:
                 self._attestation_pcrs,
                 meta.family,
                 meta.version,
+                pcr_policy=self._approved.to_bytes(),
             )
         except (KeyReleaseRefusedError, NotEnrolledError) as exc:
             self._refused_keys.add(key)

@@ -124,6 +124,12 @@ class DeviceAttestationRow(Base):
     pcrs: Mapped[dict[str, str]] = mapped_column(JSON)
     enrolled: Mapped[str] = mapped_column(String(32))
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: The DER SubjectPublicKeyInfo of the device's PCR policy authority (the key whose
+    #: signed PCR policies approve boot states other than the baseline), as sent at its
+    #: last enrollment; None when it has none.
+    pcr_policy_authority: Mapped[bytes | None] = mapped_column(
+        LargeBinary, nullable=True, default=None
+    )
 
 
 class EnrollmentChallengeRow(Base):

@@ -17,7 +17,10 @@ The handshake of docs/dev/attestation-contracts.md, in two calls:
    and :func:`edgeseal.sdk.quote.verify_quote` checks signature, nonce and PCR
    digest. The AK, the EK certificate's hash and the quoted PCR values become
    the device's *baseline* (``device_attestation``), which the trust bundle
-   carries to technicians.
+   carries to technicians. The device may also name its *PCR policy
+   authority* (the key whose signed PCR policies approve later boot states,
+   :mod:`edgeseal.ota_server.boot_state`); it is stored with the baseline, and
+   replaced - or cleared - by every enrollment.
 
 A device already enrolled may enroll again with the *same* AK (a fresh
 handshake refreshes its baseline, e.g. after a firmware update); another AK
@@ -51,6 +54,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
+from edgeseal.ota_server.boot_state import authority_fingerprint, check_policy_authority
 from edgeseal.ota_server.context import ServerContext
 from edgeseal.ota_server.db import DeviceAttestationRow, EnrollmentChallengeRow, isotime
 from edgeseal.ota_server.devices import MQTTCredentials, issue_mqtt_credentials
@@ -138,6 +142,8 @@ class AttestationRecord:
     pcrs: dict[int, bytes]
     enrolled: str
     revoked: bool
+    #: DER SubjectPublicKeyInfo of the device's PCR policy authority; None when it has none.
+    pcr_policy_authority: bytes | None = None
 
     @classmethod
     def from_row(cls, row: DeviceAttestationRow) -> AttestationRecord:
@@ -149,6 +155,7 @@ class AttestationRecord:
             pcrs={int(k): bytes.fromhex(v) for k, v in row.pcrs.items()},
             enrolled=row.enrolled,
             revoked=row.revoked,
+            pcr_policy_authority=row.pcr_policy_authority,
         )
 
 
@@ -293,14 +300,19 @@ def finish(
     attest: bytes,
     signature: bytes,
     now: datetime,
+    pcr_policy_authority: bytes | None = None,
 ) -> tuple[AttestationRecord, bool]:
-    """Check the activated secret and the quote; record the baseline.
+    """Check the activated secret and the quote; record the baseline and the device's
+    PCR policy authority (DER SubjectPublicKeyInfo of an ECC P-256 key, or None).
 
     Returns the record and whether the device was enrolled before (re-enrollment).
     """
     device_id = pending.device_id
     if any(len(value) != PCR_VALUE_BYTES for value in pcrs.values()):
         raise BadRequestError(f"a {PCR_BANK} PCR value is {PCR_VALUE_BYTES} bytes", field="pcrs")
+    authority = (
+        None if pcr_policy_authority is None else check_policy_authority(pcr_policy_authority)
+    )
     if now >= pending.expires:
         raise ChallengeExpiredError(
             f"the enrollment challenge of device {device_id} expired at "
@@ -333,6 +345,7 @@ def finish(
     row.pcr_bank = PCR_BANK
     row.pcrs = {str(i): pcrs[i].hex() for i in sorted(pcrs)}
     row.enrolled = isotime(now)
+    row.pcr_policy_authority = authority
     session.flush()
     return AttestationRecord.from_row(row), re_enrolled
 
@@ -367,6 +380,7 @@ class Enrollment:
         pcrs: Mapping[int, bytes],
         quote: tuple[bytes, bytes],
         *,
+        pcr_policy_authority: bytes | None = None,
         request_host: str | None = None,
     ) -> Enrolled:
         ctx = self.ctx
@@ -389,6 +403,7 @@ class Enrollment:
                 pcrs=pcrs,
                 attest=attest,
                 signature=signature,
+                pcr_policy_authority=pcr_policy_authority,
                 request_host=request_host,
             ),
         )
@@ -438,6 +453,7 @@ def finish_audited(
     pcrs: Mapping[int, bytes],
     attest: bytes,
     signature: bytes,
+    pcr_policy_authority: bytes | None = None,
     request_host: str | None = None,
 ) -> tuple[Enrolled, dict[str, object]]:
     """:func:`finish` with the server's clock, then the device's MQTT credentials when the
@@ -452,6 +468,7 @@ def finish_audited(
         attest=attest,
         signature=signature,
         now=ctx.now(),
+        pcr_policy_authority=pcr_policy_authority,
     )
     # Last: the broker's password file is not transactional, so change it only once
     # everything else has been accepted (a failure here still rolls the baseline back).
@@ -465,6 +482,11 @@ def finish_audited(
         "challenge": pending.challenge_id,
         "ak_name": tpm_name(record.ak_public).hex(),
         "pcrs": sorted(pcrs),
+        "pcr_policy_authority": (
+            None
+            if record.pcr_policy_authority is None
+            else authority_fingerprint(record.pcr_policy_authority)
+        ),
         "re_enrolled": re_enrolled,
         "mqtt_credentials_issued": mqtt is not None,
     }

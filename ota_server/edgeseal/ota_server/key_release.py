@@ -22,14 +22,21 @@ them). The device asks for the key instead, in two calls
    release still qualify (403 revoked, 404 otherwise - either may have
    changed since the challenge); the quoted PCRs are exactly the challenge's;
    :func:`edgeseal.sdk.quote.verify_quote` with the enrolled AK (signature,
-   binding, PCR digest); the values equal the enrollment baseline (the
-   refusal names the PCRs that differ). The content key is then opened from
-   the release's KEK envelope and sealed to the device's decryption key,
-   bound to the release's sealed header, by the very function publication
-   uses (:func:`~edgeseal.ota_server.publication.seal_content_key`).
+   binding, PCR digest); the values equal the enrollment baseline, or the
+   request's signed PCR policy (``pcr_policy``), signed by the device's
+   enrolled PCR policy authority, approves exactly these values
+   (:func:`edgeseal.ota_server.boot_state.check_boot_state`; the refusal
+   names the PCRs that differ and why the policy did not count). The content
+   key is then opened from the release's KEK envelope and sealed to the
+   device's decryption key, bound to the release's sealed header, by the very
+   function publication uses
+   (:func:`~edgeseal.ota_server.publication.seal_content_key`).
 
-The quote is checked before the PCR values are compared with the baseline, so
-an unauthenticated caller learns nothing about a baseline from a refusal.
+The quote is checked before the PCR values are compared with the baseline or a
+policy, so a caller without a valid quote learns nothing about a baseline or
+the device's authority from a refusal. The audit entry of a release says which
+boot state it was: ``boot_state`` ``"baseline"``, or ``"approved"`` with the
+``changed_pcrs`` and the approving ``policy_authority``'s fingerprint.
 Refusals: :class:`AttestationFailedError` (403 ``attestation-failed``, the
 check that failed in the message), :class:`~edgeseal.ota_server.service_errors.
 NotFoundError` (404), :class:`KeyChallengeExpiredError` (409
@@ -52,6 +59,7 @@ from sqlalchemy.orm import Session
 
 from edgeseal.ota_server import db
 from edgeseal.ota_server.auth import ANONYMOUS
+from edgeseal.ota_server.boot_state import check_boot_state
 from edgeseal.ota_server.context import ServerContext
 from edgeseal.ota_server.db import (
     NOT_ENROLLED,
@@ -114,6 +122,7 @@ class _Enrolled:
     device: DeviceRow
     ak_public: bytes
     baseline: dict[int, bytes]
+    pcr_policy_authority: bytes | None
 
 
 # --- the checks both steps make -----------------------------------------------------------------
@@ -132,7 +141,7 @@ def _enrolled_device(session: Session, device_id: str) -> _Enrolled:
             "for the key of an attested release"
         )
     baseline = {int(k): bytes.fromhex(v) for k, v in record.pcrs.items()}
-    return _Enrolled(device, record.ak_public, baseline)
+    return _Enrolled(device, record.ak_public, baseline, record.pcr_policy_authority)
 
 
 def _find_release(session: Session, family: str, version: int) -> ReleaseRow:
@@ -241,9 +250,11 @@ def release_key(
     attest: bytes,
     signature: bytes,
     now: datetime,
+    pcr_policy: bytes | None = None,
 ) -> tuple[bytes, dict[str, Any]]:
     """Check the answer to ``pending``: the release's envelope for the device, and audit details
-    (never the key, nor the nonce)."""
+    (never the key, nor the nonce). ``pcr_policy``: the signed PCR policy the device sent
+    (``SignedPCRPolicy`` bytes), for PCR values other than its baseline."""
     device_id = pending.device_id
     if now >= pending.expires:
         raise KeyChallengeExpiredError(
@@ -270,16 +281,18 @@ def release_key(
             f"device {device_id}: the quote does not check out: {exc.message}",
             field=exc.field,
         ) from None
-    differ = sorted(
-        set(pcrs) ^ set(enrolled.baseline)
-        | {i for i in pcrs if enrolled.baseline.get(i) != pcrs[i]}
-    )
-    if differ:
-        raise AttestationFailedError(
-            f"device {device_id}: PCR {_indices(differ)} differ from the enrollment baseline "
-            "(the boot state changed: re-enroll the device if the change is approved)",
-            field="pcrs",
+    # Only now, on values the quote proved: the baseline, or a state the authority approved.
+    try:
+        boot_state = check_boot_state(
+            enrolled.baseline,
+            pcrs,
+            pcr_policy=pcr_policy,
+            authority_der=enrolled.pcr_policy_authority,
         )
+    except AttestationError as exc:
+        raise AttestationFailedError(
+            f"device {device_id}: {exc.message}", field=exc.field
+        ) from None
     (envelope,) = seal_content_key(ctx, release, [enrolled.device])
     return envelope, {
         "device": device_id,
@@ -287,6 +300,7 @@ def release_key(
         "challenge": pending.challenge_id,
         "ak_name": tpm_name(enrolled.ak_public).hex(),
         "pcrs": sorted(pcrs),
+        **boot_state.audit_details(),
     }
 
 
@@ -331,7 +345,12 @@ class KeyRelease:
         )
 
     def release(
-        self, challenge_id: str, pcrs: Mapping[int, bytes], quote: tuple[bytes, bytes]
+        self,
+        challenge_id: str,
+        pcrs: Mapping[int, bytes],
+        quote: tuple[bytes, bytes],
+        *,
+        pcr_policy: bytes | None = None,
     ) -> bytes:
         """The envelope of the challenged release's content key for the challenged device."""
         ctx = self.ctx
@@ -350,7 +369,14 @@ class KeyRelease:
 
         def work(session: Session) -> tuple[bytes, dict[str, Any]]:
             return release_key(
-                ctx, session, pending, pcrs=pcrs, attest=attest, signature=signature, now=ctx.now()
+                ctx,
+                session,
+                pending,
+                pcrs=pcrs,
+                attest=attest,
+                signature=signature,
+                now=ctx.now(),
+                pcr_policy=pcr_policy,
             )
 
         return ctx.mutate(

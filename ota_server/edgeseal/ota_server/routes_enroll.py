@@ -14,6 +14,10 @@ broker, an accepted ``finish`` also answers the device's MQTT credentials,
 only: not in the audit log, not in any log); the URL's host is the one the
 request was sent to when ``mqtt_bind`` is a wildcard and no ``mqtt_public_url``
 is set.
+
+``finish`` may carry ``"pcr_policy_authority"``: base64 of the DER
+SubjectPublicKeyInfo of the device's PCR policy authority (an ECC P-256 key;
+400 otherwise), or null - as a missing key is, from an agent older than it.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from edgeseal.ota_server.auth import Principal, require_operator
+from edgeseal.ota_server.boot_state import MAX_POLICY_AUTHORITY_BYTES
 from edgeseal.ota_server.context import ServerContext
 from edgeseal.ota_server.ek_ca import MAX_EK_CERTIFICATE
 from edgeseal.ota_server.enrollment import (
@@ -52,6 +57,7 @@ MAX_SIGNATURE = 80
 MAX_PCRS = 24
 _START_KEYS = frozenset({"device_id", "ek_certificate", "ak_public"})
 _FINISH_KEYS = frozenset({"challenge_id", "secret", "pcrs", "quote"})
+_FINISH_OPTIONAL = frozenset({"pcr_policy_authority"})
 _QUOTE_KEYS = frozenset({"attest", "signature"})
 _PCR_INDEX_RE = re.compile(r"^(0|[1-9][0-9]?)$")
 _PCR_VALUE_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -78,7 +84,7 @@ def register_enroll(app: FastAPI, ctx: ServerContext) -> None:
         async def prepare(req: Request, principal: Principal) -> tuple[Any, PendingChallenge]:
             body = await read_json_body(req, min(MAX_ENROLL_BODY, ctx.config.max_json_body))
             require_operator(principal)
-            check_keys(body, _FINISH_KEYS)
+            check_keys(body, _FINISH_KEYS, _FINISH_OPTIONAL)
             challenge_id = body["challenge_id"]
             if not isinstance(challenge_id, str):
                 raise BadRequestError("challenge_id must be a string", field="challenge_id")
@@ -95,6 +101,7 @@ def register_enroll(app: FastAPI, ctx: ServerContext) -> None:
                 pcrs=evidence.pcrs,
                 attest=evidence.attest,
                 signature=evidence.signature,
+                pcr_policy_authority=evidence.pcr_policy_authority,
                 request_host=request_host(request),
             )
             answer: dict[str, Any] = {"device_id": enrolled.record.device_id, "enrolled": True}
@@ -138,6 +145,7 @@ class Evidence:
     pcrs: dict[int, bytes]
     attest: bytes
     signature: bytes
+    pcr_policy_authority: bytes | None = None
 
     def __repr__(self) -> str:
         return "Evidence(<secret>, ...)"
@@ -149,11 +157,17 @@ def parse_evidence(body: dict[str, Any]) -> Evidence:
         raise BadRequestError(f"secret must be {SECRET_BYTES} bytes", field="secret")
     quote = body["quote"]
     check_keys(quote, _QUOTE_KEYS)
+    authority = (
+        b64_field(body, "pcr_policy_authority", MAX_POLICY_AUTHORITY_BYTES)
+        if body.get("pcr_policy_authority") is not None
+        else None
+    )
     return Evidence(
         secret=secret,
         pcrs=pcr_values(body["pcrs"]),
         attest=b64_field(quote, "attest", MAX_ATTEST_SIZE, name="quote.attest"),
         signature=b64_field(quote, "signature", MAX_SIGNATURE, name="quote.signature"),
+        pcr_policy_authority=authority,
     )
 
 

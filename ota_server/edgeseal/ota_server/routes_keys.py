@@ -67,7 +67,13 @@ def register_keys(app: FastAPI, ctx: ServerContext) -> None:
             return body
         try:
             envelope = await run_in_threadpool(
-                service.release, body.challenge_id, body.pcrs, (body.attest, body.signature)
+                functools.partial(
+                    service.release,
+                    body.challenge_id,
+                    body.pcrs,
+                    (body.attest, body.signature),
+                    pcr_policy=body.pcr_policy,
+                )
             )
         except Exception as exc:  # noqa: BLE001 - audited by the service; answered here
             return exception_response(exc)

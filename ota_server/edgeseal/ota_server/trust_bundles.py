@@ -1,9 +1,11 @@
 """Trust bundles: what a field technician's laptop needs to attest devices offline.
 
 A bundle (format: :mod:`edgeseal.sdk.trust_bundle`) lists every enrolled
-device - its hardware class, AK, EK certificate hash, boot-state baseline and
-whether it is revoked (a device revoked before it enrolled is not listed: an
-unlisted device fails the technician's check anyway) - and every published
+device - its hardware class, AK, EK certificate hash, boot-state baseline,
+PCR policy authority (the key whose signed PCR policies approve boot states
+other than the baseline; null when it enrolled without one) and whether it is
+revoked (a device revoked before it enrolled is not listed: an unlisted
+device fails the technician's check anyway) - and every published
 or yanked release with its plaintext digest, so ``edgeseal attest`` can say
 whether the model a device runs is one the fleet published. It is signed
 with the server's *bundle key* and expires after ``valid_days`` (30 by
@@ -80,6 +82,11 @@ def _devices(session: Session) -> list[dict[str, Any]]:
             "ek_certificate_sha256": att.ek_certificate_sha256,
             "pcr_bank": att.pcr_bank,
             "pcrs": dict(sorted(att.pcrs.items(), key=lambda item: int(item[0]))),
+            "pcr_policy_authority": (
+                None
+                if att.pcr_policy_authority is None
+                else base64.b64encode(att.pcr_policy_authority).decode("ascii")
+            ),
             "revoked": bool(att.revoked),
         }
         for att, hardware_class in rows

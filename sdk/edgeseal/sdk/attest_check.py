@@ -14,8 +14,11 @@ so the report says all that is wrong, not just the first thing:
                 fresh (this nonce) and bound to the status the device reported;
 ``pcrs``        the quote covers exactly the reported SHA-256 PCRs and its digest
                 matches their values;
-``boot-state``  the reported PCR values equal the baseline recorded at enrollment
-                (naming every PCR that differs);
+``boot-state``  the reported PCR values equal the baseline recorded at enrollment,
+                or the device's signed PCR policy (``pcr_policy``), signed by the
+                policy authority enrolled for it, approves them (a boot state
+                approved after enrollment, e.g. an approved OS update); otherwise it
+                names every PCR that differs and why the policy did not count;
 ``model``       the served model is a published, not yanked release with the
                 published plaintext digest; no model passes only when the agent
                 reports no ``model_error`` (a device that has a model it cannot
@@ -43,11 +46,13 @@ from edgeseal.sdk.console_wire import (
     MAX_MODEL_ERROR_CHARS,
     NONCE_SIZE,
     attest_binding,
+    decode_pcr_policy,
     is_model_error,
     parse_json_payload,
 )
 from edgeseal.sdk.errors import AttestationError, FormatError
 from edgeseal.sdk.hazmat.format import DIGEST_SIZES, MAX_MODEL_VERSION, NAME_RULE, is_valid_name
+from edgeseal.sdk.pcr_policy import PCRPolicyError, approved_state
 from edgeseal.sdk.quote import pcr_digest, verify_quote
 from edgeseal.sdk.releases import DEVICE_ID_RULE, is_valid_device_id
 from edgeseal.sdk.tpm_wire import QuoteAttest, hash_alg_name, parse_attest
@@ -94,11 +99,13 @@ _RESPONSE_KEYS = frozenset(
         "floor",
         "pcr_bank",
         "pcrs",
+        "pcr_policy",
         "quote",
     }
 )
-# An agent before model_error sends none; it is then null (and not part of what was quoted).
-_OPTIONAL_RESPONSE_KEYS = frozenset({"model_error"})
+# An agent before model_error (or pcr_policy) sends none; it is then null (and not part of
+# what was quoted).
+_OPTIONAL_RESPONSE_KEYS = frozenset({"model_error", "pcr_policy"})
 _MODEL_KEYS = frozenset({"family", "version", "digest_alg", "plaintext_digest", "slot"})
 _QUOTE_KEYS = frozenset({"attest", "signature"})
 _AGENT_VERSION_RE = re.compile(r"[0-9A-Za-z.+-]{1,32}", re.ASCII)
@@ -175,6 +182,7 @@ class _Response:
     model_error: str | None
     floor: int | None
     pcrs: Mapping[int, bytes]
+    pcr_policy: bytes | None
     attest: bytes
     signature: bytes
     status: dict[str, Any]
@@ -240,7 +248,7 @@ def check_attestation(
     binding = attest_binding(nonce, parsed.status)
     signature, fresh, quoted = _quote_checks(parsed, device, binding, nonce)
     report.checks.extend((signature, fresh, quoted))
-    add(_boot_state_check(parsed.pcrs, device, proven=quoted.passed))
+    add(_boot_state_check(parsed.pcrs, parsed.pcr_policy, device, proven=quoted.passed))
     add(_model_check(parsed, bundle, bound=signature.passed and fresh.passed))
     return report
 
@@ -390,7 +398,11 @@ def _pcrs_of_stale_quote(response: _Response, device: BundleDevice, pcr_list: st
 
 
 def _boot_state_check(
-    reported: Mapping[int, bytes], device: BundleDevice, *, proven: bool
+    reported: Mapping[int, bytes],
+    pcr_policy: bytes | None,
+    device: BundleDevice,
+    *,
+    proven: bool,
 ) -> Check:
     baseline = device.pcrs
     problems = []
@@ -402,6 +414,7 @@ def _boot_state_check(
             problems.append(
                 f"PCR {index} baseline {_prefix(expected.hex())}, reported {_prefix(value.hex())}"
             )
+    unproven = "" if proven else ", but the quote does not prove them"
     if problems:
         differing = [i for i in baseline if reported.get(i) != baseline[i]]
         head = (
@@ -409,18 +422,34 @@ def _boot_state_check(
             if len(differing) == 1
             else f"PCRs {_indices(differing)} differ"
         )
+        failure = (
+            f"{head} from the enrollment baseline ({'; '.join(problems)}): the firmware, "
+            "bootloader, kernel or boot configuration changed"
+        )
+        missing = [i for i in baseline if i not in reported]
+        if missing:
+            # A signed policy approves values; it cannot stand in for a PCR not reported.
+            return Check(
+                "boot-state",
+                False,
+                f"{failure}, and a signed PCR policy cannot approve a PCR that is not reported",
+            )
+        try:
+            approved = approved_state(pcr_policy, device.pcr_policy_authority, reported)
+        except PCRPolicyError as exc:
+            return Check("boot-state", False, f"{failure}, {_policy_refusal(exc)}")
+        changed = f"PCRs {_indices(differing)}"
         return Check(
             "boot-state",
-            False,
-            f"{head} from the enrollment baseline ({'; '.join(problems)}): the firmware, "
-            "bootloader, kernel or boot configuration changed",
+            proven,
+            f"{changed} changed since enrollment to a state approved by policy authority "
+            f"{approved.fingerprint}{unproven}",
         )
     if not proven:
         return Check(
             "boot-state",
             False,
-            f"the reported PCRs {_indices(baseline)} equal the baseline, but the quote does "
-            "not prove them",
+            f"the reported PCRs {_indices(baseline)} equal the baseline{unproven}",
         )
     extra = sorted(set(reported) - set(baseline))
     note = f" (PCRs {_indices(extra)} are reported too, not in the baseline)" if extra else ""
@@ -429,6 +458,25 @@ def _boot_state_check(
         True,
         f"PCRs {_indices(baseline)} equal the baseline recorded at enrollment{note}",
     )
+
+
+def _policy_refusal(exc: PCRPolicyError) -> str:
+    """Why the device's signed PCR policy did not make its boot state an approved one."""
+    if exc.reason == "missing" and exc.field == "pcr_policy_authority":
+        return (
+            "and no signed PCR policy counts: the trust bundle names no PCR policy authority "
+            "for this device"
+        )
+    if exc.reason == "missing":
+        return "and the device sent no signed PCR policy approving the new state"
+    what = {
+        "malformed": "is malformed",
+        "digest": "was tampered with",
+        "signature": "has a bad signature",
+        "authority": "is signed by another authority",
+        "values": "does not approve these values",
+    }[exc.reason]
+    return f"and the device's signed PCR policy {what}: {exc.message}"
 
 
 def _model_check(response: _Response, bundle: TrustBundle, *, bound: bool) -> Check:
@@ -512,6 +560,10 @@ def _parse_response(value: object) -> _Response:
     pcrs = parse_pcr_values(body["pcrs"], "pcrs")
     if not pcrs:
         raise AttestationError("pcrs must not be empty")
+    try:
+        pcr_policy = decode_pcr_policy(body.get("pcr_policy"))
+    except FormatError as exc:
+        raise AttestationError(exc.message) from None
     quote = _object(body["quote"], _QUOTE_KEYS, "quote")
     attest = _b64(quote["attest"], "quote.attest", MAX_ATTEST_B64_CHARS)
     signature = _b64(quote["signature"], "quote.signature", MAX_SIGNATURE_B64_CHARS)
@@ -524,6 +576,7 @@ def _parse_response(value: object) -> _Response:
         model_error=model_error,
         floor=floor,
         pcrs=pcrs,
+        pcr_policy=pcr_policy,
         attest=attest,
         signature=signature,
         status=status,

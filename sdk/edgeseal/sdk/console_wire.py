@@ -29,11 +29,16 @@ announcing 64 KiB would otherwise stall the line until 64 KiB arrived).
 
 :func:`attest_binding` is what the agent's quote is qualified with: it binds
 the technician's nonce to the status the agent reports, so neither can be
-replayed nor changed without the quote failing.
+replayed nor changed without the quote failing. That status includes the
+response's ``pcr_policy`` (:func:`encode_pcr_policy`): the agent's current
+signed PCR policy, which lets a boot state approved after enrollment pass
+(:mod:`edgeseal.sdk.pcr_policy`).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import struct
@@ -43,6 +48,7 @@ from typing import Any
 
 from edgeseal.sdk import strict_json
 from edgeseal.sdk.errors import FormatError
+from edgeseal.sdk.pcr_policy import MAX_POLICY_BYTES
 
 __all__ = [
     "ATTEST_REQUEST",
@@ -55,15 +61,18 @@ __all__ = [
     "MAX_FRAME_BYTES",
     "MAX_MODEL_ERROR_CHARS",
     "MAX_PAYLOAD_BYTES",
+    "MAX_PCR_POLICY_BYTES",
     "NONCE_SIZE",
     "VERSION",
     "Frame",
     "FrameDecoder",
     "attest_binding",
     "canonical_json",
+    "decode_pcr_policy",
     "encode_attest_request",
     "encode_error",
     "encode_frame",
+    "encode_pcr_policy",
     "is_model_error",
     "model_error_text",
     "parse_attest_request",
@@ -91,6 +100,8 @@ MAX_ERROR_CHARS = 512
 #: An ATTEST_RESPONSE's ``model_error`` (why no model is served) is 1 to this many printable
 #: characters.
 MAX_MODEL_ERROR_CHARS = 512
+#: An ATTEST_RESPONSE's ``pcr_policy`` is base64 of 1 to this many bytes (16 KiB decoded).
+MAX_PCR_POLICY_BYTES = MAX_POLICY_BYTES
 BINDING_LABEL = b"edgeseal-attest-v1\x00"
 
 _NEED_MORE = 0
@@ -316,6 +327,43 @@ def is_model_error(value: object) -> bool:
     return (
         isinstance(value, str) and 0 < len(value) <= MAX_MODEL_ERROR_CHARS and value.isprintable()
     )
+
+
+def encode_pcr_policy(policy: bytes | None) -> str | None:
+    """An ATTEST_RESPONSE ``pcr_policy``: canonical base64 of the signed PCR policy bytes, or
+    None (JSON null) when the agent has none. FormatError when it is empty or over
+    :data:`MAX_PCR_POLICY_BYTES`."""
+    if policy is None:
+        return None
+    if not isinstance(policy, bytes | bytearray) or not 0 < len(policy) <= MAX_PCR_POLICY_BYTES:
+        raise FormatError(f"a pcr_policy is 1 to {MAX_PCR_POLICY_BYTES} bytes", field="pcr_policy")
+    return base64.b64encode(bytes(policy)).decode("ascii")
+
+
+def decode_pcr_policy(value: object) -> bytes | None:
+    """The bytes of an ATTEST_RESPONSE ``pcr_policy`` (None for null); bounded before decoding.
+
+    Only the encoding is checked here: whether the policy counts is
+    :func:`edgeseal.sdk.pcr_policy.approved_state`'s question.
+    """
+    if value is None:
+        return None
+    limit = 4 * ((MAX_PCR_POLICY_BYTES + 2) // 3)
+    if not isinstance(value, str) or not 0 < len(value) <= limit:
+        raise FormatError(
+            f"pcr_policy must be null or base64 of 1 to {MAX_PCR_POLICY_BYTES} bytes",
+            field="pcr_policy",
+        )
+    try:
+        policy = base64.b64decode(value.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError, ValueError):
+        raise FormatError("pcr_policy is not valid base64", field="pcr_policy") from None
+    if not 0 < len(policy) <= MAX_PCR_POLICY_BYTES:
+        raise FormatError(
+            f"pcr_policy must be null or base64 of 1 to {MAX_PCR_POLICY_BYTES} bytes",
+            field="pcr_policy",
+        )
+    return policy
 
 
 def _printable(text: str, limit: int | None = MAX_ERROR_CHARS) -> str:

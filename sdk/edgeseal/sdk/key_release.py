@@ -7,7 +7,8 @@ docs/dev/attestation-contracts.md, "Attested key release")::
 
     device  POST /v1/keys/challenge  KeyChallengeRequest  {"device_id", "family", "version"}
     server  200                      KeyChallenge         {"challenge_id", "nonce", "pcrs"}
-    device  POST /v1/keys/release    KeyReleaseRequest    {"challenge_id", "pcrs", "quote"}
+    device  POST /v1/keys/release    KeyReleaseRequest    {"challenge_id", "pcrs", "quote",
+                                                           "pcr_policy"}
     server  200                      KeyReleaseResponse   {"envelope"}
 
 The device quotes the PCRs the challenge names with qualifying data
@@ -39,7 +40,13 @@ bytes); ``pcrs`` in a challenge a list of distinct PCR indices 0..23 (any
 order; kept sorted), in a release request an object ``{"<index>": <64
 lowercase hex>}`` of SHA-256 bank values with canonical decimal indices;
 ``quote.attest`` (marshaled TPMS_ATTEST), ``quote.signature`` (DER ECDSA) and
-``envelope`` canonical base64 (standard alphabet, padded).
+``envelope`` canonical base64 (standard alphabet, padded). A release request's
+``pcr_policy`` is the device's current signed PCR policy
+(:mod:`edgeseal.sdk.pcr_policy`), canonical base64 of 1 to
+:data:`~edgeseal.sdk.pcr_policy.MAX_POLICY_BYTES` bytes, or null; it is always
+sent, and a request without it (an older agent) reads as null. It is not part of
+the quote's binding: it is signed by the policy authority, so it authenticates
+itself.
 
 A server uses it as::
 
@@ -68,6 +75,7 @@ from edgeseal.sdk.console_wire import canonical_json
 from edgeseal.sdk.envelope import MAX_ENVELOPE_SIZE
 from edgeseal.sdk.errors import FormatError
 from edgeseal.sdk.hazmat.format import MAX_MODEL_VERSION, NAME_RULE, is_valid_name
+from edgeseal.sdk.pcr_policy import MAX_POLICY_BYTES
 from edgeseal.sdk.releases import DEVICE_ID_RULE, is_valid_device_id
 from edgeseal.sdk.tpm_wire import MAX_ATTEST_SIZE
 
@@ -199,13 +207,16 @@ class KeyReleaseRequest:
     """``POST /v1/keys/release``: the PCR values read and the quote over them.
 
     ``pcrs`` maps each quoted index to its SHA-256 bank value (ascending order),
-    the form :func:`edgeseal.sdk.quote.verify_quote` takes.
+    the form :func:`edgeseal.sdk.quote.verify_quote` takes. ``pcr_policy`` is the
+    device's current signed PCR policy bytes, or None when it has none (the
+    server checks it with :func:`edgeseal.sdk.pcr_policy.approved_state`).
     """
 
     challenge_id: str
     pcrs: Mapping[int, bytes]
     attest: bytes
     signature: bytes
+    pcr_policy: bytes | None = None
 
     def __post_init__(self) -> None:
         _check_challenge_id(self.challenge_id)
@@ -221,12 +232,15 @@ class KeyReleaseRequest:
         object.__setattr__(self, "pcrs", dict(sorted(values.items())))
         _check_bytes(self.attest, MAX_ATTEST_SIZE, "quote.attest")
         _check_bytes(self.signature, MAX_SIGNATURE_SIZE, "quote.signature")
+        if self.pcr_policy is not None:
+            _check_bytes(self.pcr_policy, MAX_POLICY_BYTES, "pcr_policy")
 
     def to_json(self) -> dict[str, Any]:
         return {
             "challenge_id": self.challenge_id,
             "pcrs": {str(i): value.hex() for i, value in self.pcrs.items()},
             "quote": {"attest": _b64(self.attest), "signature": _b64(self.signature)},
+            "pcr_policy": None if self.pcr_policy is None else _b64(self.pcr_policy),
         }
 
     def encode(self) -> bytes:
@@ -238,7 +252,8 @@ class KeyReleaseRequest:
 
     @classmethod
     def from_json(cls, doc: object) -> Self:
-        obj = _exact(doc, ("challenge_id", "pcrs", "quote"))
+        # pcr_policy is optional: an agent from before signed PCR policies does not send it.
+        obj = _exact(doc, ("challenge_id", "pcrs", "quote"), optional=("pcr_policy",))
         _check_challenge_id(obj["challenge_id"])
         raw_pcrs = obj["pcrs"]
         if not isinstance(raw_pcrs, dict):
@@ -253,11 +268,13 @@ class KeyReleaseRequest:
                 )
             pcrs[int(key)] = _hex(value, PCR_SIZE, f"pcrs.{key}")
         quote = _exact(obj["quote"], ("attest", "signature"), "quote")
+        policy = obj.get("pcr_policy")
         return cls(
             obj["challenge_id"],
             pcrs,
             _unb64(quote["attest"], MAX_ATTEST_SIZE, "quote.attest"),
             _unb64(quote["signature"], MAX_SIGNATURE_SIZE, "quote.signature"),
+            None if policy is None else _unb64(policy, MAX_POLICY_BYTES, "pcr_policy"),
         )
 
 
@@ -302,11 +319,14 @@ def _loads(data: bytes | bytearray) -> Any:
         raise FormatError(f"the body is not strict JSON ({exc.rule})", field="body") from None
 
 
-def _exact(doc: object, keys: Iterable[str], where: str = "body") -> dict[str, Any]:
-    wanted = set(keys)
+def _exact(
+    doc: object, keys: Iterable[str], where: str = "body", *, optional: Iterable[str] = ()
+) -> dict[str, Any]:
+    maybe = set(optional)
+    wanted = set(keys) | maybe
     if not isinstance(doc, dict):
         raise FormatError(f"the {where} must be a JSON object", field=where)
-    missing = sorted(wanted - doc.keys())
+    missing = sorted(wanted - maybe - doc.keys())
     if missing:
         raise FormatError(f"the {where} lacks {', '.join(missing)}", field=where)
     unknown = sorted(str(k)[:40] for k in doc.keys() - wanted)

@@ -14,7 +14,8 @@ and the payload::
      "issued": RFC 3339 (Z), "expires": RFC 3339 (Z), "issuer": str,
      "devices": [{"device_id", "hardware_class", "ak_public" (base64),
                   "ek_certificate_sha256" (hex), "pcr_bank": "sha256",
-                  "pcrs": {"0": hex, ...}, "revoked": bool}, ...],
+                  "pcrs": {"0": hex, ...}, "revoked": bool,
+                  "pcr_policy_authority": base64(DER SPKI, P-256) | null}, ...],
      "releases": [{"family", "version", "digest_alg", "plaintext_digest" (hex),
                    "yanked": bool}, ...]}
 
@@ -22,7 +23,10 @@ and the payload::
 parsing the small outer object, checks that ``key_id`` names the pinned key,
 verifies the signature over the raw payload bytes and only then parses the
 payload, strictly: exact keys, types, hex lengths, device ids, family names,
-no duplicate devices or releases. Every refusal is an
+no duplicate devices or releases. A device's ``pcr_policy_authority`` (the key
+that signs the PCR policies its model key accepts, see
+:mod:`edgeseal.sdk.pcr_policy`) is optional: missing (a bundle of the previous
+version) reads as null. Every refusal is an
 :class:`~edgeseal.sdk.errors.AttestationError` saying what is wrong.
 :func:`sign_trust_bundle` validates a payload with the same rules before
 signing it, so a server cannot export a bundle that no laptop accepts.
@@ -49,6 +53,7 @@ from edgeseal.sdk import strict_json
 from edgeseal.sdk.console_wire import canonical_json
 from edgeseal.sdk.errors import AttestationError
 from edgeseal.sdk.hazmat.format import DIGEST_SIZES, MAX_MODEL_VERSION, NAME_RULE, is_valid_name
+from edgeseal.sdk.pcr_policy import MAX_AUTHORITY_BYTES, parse_policy_authority
 from edgeseal.sdk.releases import DEVICE_ID_RULE, is_valid_device_id
 
 __all__ = [
@@ -96,14 +101,22 @@ _DEVICE_KEYS = frozenset(
         "pcr_bank",
         "pcrs",
         "revoked",
+        "pcr_policy_authority",
     }
 )
+# Missing in bundles exported before signed PCR policies: read as null.
+_OPTIONAL_DEVICE_KEYS = frozenset({"pcr_policy_authority"})
 _RELEASE_KEYS = frozenset({"family", "version", "digest_alg", "plaintext_digest", "yanked"})
 
 
 @dataclass(frozen=True)
 class BundleDevice:
-    """An enrolled device as the server recorded it: its AK and its baseline PCR values."""
+    """An enrolled device as the server recorded it: its AK and its baseline PCR values.
+
+    ``pcr_policy_authority`` is the DER SubjectPublicKeyInfo of the ECDSA P-256 key
+    whose signed PCR policies the device's model key accepts (boot states approved
+    after enrollment), or None when it has none.
+    """
 
     device_id: str
     hardware_class: str
@@ -112,6 +125,7 @@ class BundleDevice:
     pcr_bank: str
     pcrs: Mapping[int, bytes]
     revoked: bool
+    pcr_policy_authority: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -287,7 +301,7 @@ def _parse_payload(raw: bytes, *, key: str = "") -> TrustBundle:
 
 
 def _device(value: object, where: str) -> BundleDevice:
-    body = _object(value, _DEVICE_KEYS, where)
+    body = _object(value, _DEVICE_KEYS, where, optional=_OPTIONAL_DEVICE_KEYS)
     device_id = body["device_id"]
     if not is_valid_device_id(device_id):
         raise AttestationError(
@@ -320,6 +334,7 @@ def _device(value: object, where: str) -> BundleDevice:
         raise AttestationError(f"{where}.pcrs must not be empty", field="pcrs")
     if type(body["revoked"]) is not bool:
         raise AttestationError(f"{where}.revoked must be true or false", field="revoked")
+    authority = _policy_authority(body.get("pcr_policy_authority"), f"{where}.pcr_policy_authority")
     return BundleDevice(
         device_id=device_id,
         hardware_class=hardware_class,
@@ -328,6 +343,27 @@ def _device(value: object, where: str) -> BundleDevice:
         pcr_bank=PCR_BANK,
         pcrs=pcrs,
         revoked=body["revoked"],
+        pcr_policy_authority=authority,
+    )
+
+
+def _policy_authority(value: object, where: str) -> bytes | None:
+    """Null, or base64 of an ECDSA P-256 SubjectPublicKeyInfo (returned as its DER)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= 4 * ((MAX_AUTHORITY_BYTES + 2) // 3):
+        raise AttestationError(
+            f"{where} must be null or base64 of an ECDSA P-256 public key (DER "
+            "SubjectPublicKeyInfo)",
+            field="pcr_policy_authority",
+        )
+    der = _b64(value, where)
+    try:
+        key = parse_policy_authority(der, where)
+    except AttestationError as exc:
+        raise AttestationError(exc.message, field="pcr_policy_authority") from None
+    return key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
 
 
@@ -424,14 +460,17 @@ def _list(value: object, where: str) -> list[Any]:
     return value
 
 
-def _object(value: object, keys: frozenset[str], where: str) -> Mapping[str, Any]:
+def _object(
+    value: object, keys: frozenset[str], where: str, *, optional: frozenset[str] = frozenset()
+) -> Mapping[str, Any]:
     if not isinstance(value, dict):
         raise AttestationError(f"{where} must be a JSON object", field=where)
-    missing = sorted(keys - value.keys())
+    missing = sorted(keys - optional - value.keys())
     unknown = sorted(str(k)[:40] for k in value.keys() - keys)
     if missing or unknown:
+        maybe = f" (optional: {', '.join(sorted(optional))})" if optional else ""
         raise AttestationError(
-            f"{where} needs exactly the keys {', '.join(sorted(keys))} "
+            f"{where} needs exactly the keys {', '.join(sorted(keys - optional))}{maybe} "
             f"(missing: {', '.join(missing) or 'none'}; unknown: {', '.join(unknown) or 'none'})",
             field=where,
         )

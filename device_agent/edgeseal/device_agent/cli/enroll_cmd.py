@@ -16,6 +16,14 @@ drop-in ``FILE.d/50-mqtt.toml`` names ``mqtt_url`` and that file, so the next
 The configuration is read again afterwards, and a warning says so when the
 environment or a later drop-in overrides what was written. The password is
 never printed.
+
+The finish request also names the *policy authority* of the device's signed
+PCR policy (read as ``run`` reads it: the emulated device's, or
+``pcr_policy_path``), so the server accepts boot states that authority
+approves later (an OS update) in attestation and attested key release; a
+device without a policy file sends null and only its enrolled boot state
+passes. An unreadable or malformed policy file stops enrollment (``run``
+would not start with it either).
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from typing import Any
 from edgeseal.device_agent.cli.run_cmd import add_config_flag, config_from_args
 from edgeseal.device_agent.config import DEFAULT_CONFIG_PATH, ENV_CONFIG_PATH, AgentConfig
 from edgeseal.hardware.errors import HardwareError
+from edgeseal.hardware.policy import SignedPCRPolicy
 from edgeseal.sdk.cli.common import CLIError
 from edgeseal.sdk.client import ClientError
 
@@ -47,7 +56,9 @@ def register(sub: Any) -> None:
         description=(
             "Create (or reuse) the attestation key in the TPM, send it with the TPM's EK "
             "certificate to the OTA server, prove with TPM2_ActivateCredential that both live "
-            "in this TPM, and quote the boot PCRs as the device's baseline. When the server "
+            "in this TPM, and quote the boot PCRs as the device's baseline; the policy "
+            "authority of the device's signed PCR policy goes with it, so boot states it "
+            "approves later pass attestation too. When the server "
             "runs an MQTT broker, the broker password it issues is written to "
             "mqtt_password_file (0600) and FILE.d/50-mqtt.toml sets mqtt_url and "
             "mqtt_password_file. The agent must not be running."
@@ -99,10 +110,11 @@ def run(args: argparse.Namespace) -> int:
             f"the agent runs (pid {pid}) and holds the TPM: stop it first "
             "(systemctl stop edgeseal-agent), enroll, then start it again"
         )
+    policy = current_policy(config)
     client = EnrollmentClient(config.server_url, token)
     try:
         with open_config_backend(config) as backend:
-            record = enroll(backend, client, config.device_id)
+            record = enroll(backend, client, config.device_id, pcr_policy=policy)
     except ClientError as exc:
         if exc.status is None:
             raise
@@ -120,12 +132,39 @@ def run(args: argparse.Namespace) -> int:
     print(f"attestation key ({how}): name {record.ak_name}")
     print(f"EK certificate sha256: {record.ek_certificate_sha256}")
     print(f"boot baseline: PCR {', '.join(record.pcrs)} (sha256)")
+    authority = record.pcr_policy_authority_fingerprint
+    if authority is not None:
+        print(
+            f"PCR policy authority: {authority} (boot states it approves pass attestation "
+            "and attested key release)"
+        )
+    else:
+        print(
+            "PCR policy authority: none (no signed PCR policy on this device): only the "
+            "baseline passes attestation"
+        )
     print(f"recorded in {path}")
     if mqtt is not None:
         print(f"MQTT broker {mqtt['url']} (user {mqtt['username']}):")
         print(f"  password written to {mqtt['password_file']} (0600)")
         print(f"  {mqtt['drop_in']} sets mqtt_url and mqtt_password_file for `run`")
     return 0
+
+
+def current_policy(config: AgentConfig) -> SignedPCRPolicy | None:
+    """The signed PCR policy ``run`` would start with, or None when the device has none."""
+    from edgeseal.device_agent.daemon import DaemonError, NoSignedPolicyError, read_signed_policy
+
+    try:
+        return read_signed_policy(config)
+    except NoSignedPolicyError as exc:
+        log.info("enroll: %s; sending no policy authority", exc.message)
+        return None
+    except (DaemonError, HardwareError) as exc:
+        raise CLIError(
+            f"cannot read the device's signed PCR policy: {exc.diagnostics()}; fix it "
+            "(the agent will not start with it either), then enroll"
+        ) from exc
 
 
 def config_file(args: argparse.Namespace) -> Path:

@@ -23,6 +23,7 @@ from edgeseal.sdk.key_release import (
     KeyReleaseResponse,
     key_release_binding,
 )
+from edgeseal.sdk.pcr_policy import MAX_POLICY_BYTES
 
 NONCE = bytes(range(32))
 PCRS = {0: b"\x00" * 32, 4: b"\x44" * 32, 9: b"\x99" * 32, 15: b"\xff" * 32}
@@ -99,6 +100,7 @@ def test_round_trips_and_wire_form() -> None:
     assert doc["pcrs"] == {str(i): v.hex() for i, v in PCRS.items()}
     assert doc["quote"] == {"attest": b64(release.attest), "signature": b64(release.signature)}
     assert list(release.pcrs) == [0, 4, 9, 15]
+    assert release.pcr_policy is None and doc["pcr_policy"] is None
 
     response = KeyReleaseResponse(b"E" * 129)
     assert KeyReleaseResponse.parse(response.encode()) == response
@@ -255,6 +257,12 @@ def _release(**change: Any) -> dict[str, Any]:
         (_release(quote_signature=b64(b"s" * 73)), "quote.signature"),
         (_release(quote_signature=7), "quote.signature"),
         (_release(extra=1), "body"),
+        (_release(pcr_policy=""), "pcr_policy"),
+        (_release(pcr_policy=5), "pcr_policy"),
+        (_release(pcr_policy={}), "pcr_policy"),
+        (_release(pcr_policy="not base64!"), "pcr_policy"),
+        (_release(pcr_policy="YR=="), "pcr_policy"),  # non-canonical padding bits
+        (_release(pcr_policy=b64(b"p" * (MAX_POLICY_BYTES + 1))), "pcr_policy"),
     ],
 )
 def test_release_request_refusals(doc: dict[str, Any], field: str) -> None:
@@ -286,6 +294,12 @@ def test_release_response_refusals(doc: dict[str, Any], field: str) -> None:
         (lambda: KeyReleaseRequest("c", [(0, bytes(32))], b"a", b"s"), "pcrs"),  # type: ignore[arg-type]
         (lambda: KeyReleaseRequest("c", PCRS, b"", b"s"), "quote.attest"),
         (lambda: KeyReleaseResponse(b""), "envelope"),
+        (lambda: KeyReleaseRequest("c", PCRS, b"a", b"s", b""), "pcr_policy"),
+        (lambda: KeyReleaseRequest("c", PCRS, b"a", b"s", "{}"), "pcr_policy"),  # type: ignore[arg-type]
+        (
+            lambda: KeyReleaseRequest("c", PCRS, b"a", b"s", b"p" * (MAX_POLICY_BYTES + 1)),
+            "pcr_policy",
+        ),
         (lambda: KeyChallengeRequest("cam-1", "d", 1.0), "version"),  # type: ignore[arg-type]
     ],
 )
@@ -301,6 +315,38 @@ def test_the_largest_valid_bodies_are_far_under_the_bound() -> None:
     )
     assert len(release.encode()) < MAX_BODY_BYTES // 8
     assert len(KeyReleaseResponse(b"E" * 4096).encode()) < MAX_BODY_BYTES // 8
+    with_policy = KeyReleaseRequest(
+        "x" * 128,
+        {i: bytes(32) for i in range(24)},
+        b"a" * 1024,
+        b"s" * 72,
+        b"p" * MAX_POLICY_BYTES,
+    )
+    assert len(with_policy.encode()) < MAX_BODY_BYTES // 2
+    assert KeyReleaseRequest.parse(with_policy.encode()) == with_policy
+
+
+# --- the signed PCR policy (boot states approved after enrollment) ---------------------------
+
+
+def test_a_release_request_carries_the_signed_pcr_policy() -> None:
+    policy = b'{"format":"edgeseal-signed-pcr-policy"}'
+    release = KeyReleaseRequest("c-1", PCRS, b"attest", b"sig", policy)
+    doc = json.loads(release.encode())
+    assert doc["pcr_policy"] == b64(policy)
+    parsed = KeyReleaseRequest.parse(release.encode())
+    assert parsed == release and parsed.pcr_policy == policy
+    assert parsed != KeyReleaseRequest("c-1", PCRS, b"attest", b"sig")
+
+
+def test_a_release_request_without_pcr_policy_is_an_older_agents() -> None:
+    doc = dict(GOOD_RELEASE)
+    del doc["pcr_policy"]
+    parsed = KeyReleaseRequest.parse(json.dumps(doc).encode())
+    assert parsed.pcr_policy is None
+    assert json.loads(parsed.encode())["pcr_policy"] is None  # sent explicitly from now on
+    null = KeyReleaseRequest.parse(json.dumps({**doc, "pcr_policy": None}).encode())
+    assert null == parsed
 
 
 # --- property tests --------------------------------------------------------------------------
@@ -360,6 +406,7 @@ def test_one_changed_key_is_refused_or_still_valid(
     attest=st.binary(min_size=1, max_size=1024),
     signature=st.binary(min_size=1, max_size=72),
     envelope=st.binary(min_size=1, max_size=4096),
+    pcr_policy=st.none() | st.binary(min_size=1, max_size=600),
     challenge_id=st.from_regex(r"[A-Za-z0-9._:-]{1,128}", fullmatch=True),
 )
 def test_every_valid_body_round_trips(
@@ -371,12 +418,13 @@ def test_every_valid_body_round_trips(
     attest: bytes,
     signature: bytes,
     envelope: bytes,
+    pcr_policy: bytes | None,
     challenge_id: str,
 ) -> None:
     bodies = [
         KeyChallengeRequest(device_id, family, version),
         KeyChallenge(challenge_id, nonce, tuple(pcrs)),
-        KeyReleaseRequest(challenge_id, dict.fromkeys(pcrs, nonce), attest, signature),
+        KeyReleaseRequest(challenge_id, dict.fromkeys(pcrs, nonce), attest, signature, pcr_policy),
         KeyReleaseResponse(envelope),
     ]
     for body in bodies:
