@@ -1,7 +1,8 @@
 """The OTA server's web app: the factory, error handlers and the online re-signing loop.
 
 The routes live in one module per resource (``routes_public``, ``routes_admin``,
-``routes_devices``, ``routes_releases``, ``routes_enroll``, ``routes_keys``) over the plumbing of
+``routes_devices``, ``routes_releases``, ``routes_enroll``, ``routes_keys``,
+``routes_fleet``) over the plumbing of
 :mod:`edgeseal.ota_server.routes_common`.
 
 Order of checks on a state-changing call: token, then body size and syntax,
@@ -33,9 +34,11 @@ from edgeseal.ota_server.routes_admin import register_admin
 from edgeseal.ota_server.routes_common import error_response, exception_response
 from edgeseal.ota_server.routes_devices import register_devices
 from edgeseal.ota_server.routes_enroll import register_enroll
+from edgeseal.ota_server.routes_fleet import register_fleet
 from edgeseal.ota_server.routes_keys import register_keys
 from edgeseal.ota_server.routes_public import register_public
 from edgeseal.ota_server.routes_releases import register_releases
+from edgeseal.ota_server.telemetry import TelemetrySettings, TelemetrySubscriber
 from edgeseal.sdk.errors import EdgesealError
 
 logger = logging.getLogger(__name__)
@@ -46,21 +49,36 @@ def create_app(
     *,
     now: Callable[[], datetime] | None = None,
     hint_settings: HintSettings | None = None,
+    telemetry_settings: TelemetrySettings | None = None,
 ) -> FastAPI:
-    """The app serving the initialized data directory ``data_dir``."""
-    ctx = ServerContext.open(Path(data_dir), now=now, hint_settings=hint_settings)
+    """The app serving the initialized data directory ``data_dir``.
+
+    With ``telemetry_settings`` the app reads device telemetry while it runs
+    (:class:`~edgeseal.ota_server.telemetry.TelemetrySubscriber`, started and stopped
+    with the app's lifespan, available as ``app.state.telemetry``).
+    """
+    ctx = ServerContext.open(
+        Path(data_dir), now=now, hint_settings=hint_settings, telemetry_settings=telemetry_settings
+    )
     return build_app(ctx)
 
 
 def build_app(ctx: ServerContext) -> FastAPI:
     @contextlib.asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(running_app: FastAPI) -> AsyncIterator[None]:
         task = None
         if ctx.config.refresh_interval > 0:
             task = asyncio.create_task(_refresh_loop(ctx, ctx.config.refresh_interval))
+        subscriber = None
+        if ctx.telemetry_settings is not None:
+            subscriber = TelemetrySubscriber(ctx.telemetry_settings, ctx.db, clock=ctx.now)
+            subscriber.start()
+        running_app.state.telemetry = subscriber
         try:
             yield
         finally:
+            if subscriber is not None:
+                await run_in_threadpool(subscriber.stop)
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -76,6 +94,7 @@ def build_app(ctx: ServerContext) -> FastAPI:
         openapi_url=None,
     )
     app.state.ctx = ctx
+    app.state.telemetry = None
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -96,6 +115,7 @@ def build_app(ctx: ServerContext) -> FastAPI:
     register_releases(app, ctx)
     register_enroll(app, ctx)
     register_keys(app, ctx)
+    register_fleet(app, ctx)
     return app
 
 

@@ -44,6 +44,12 @@ MAX_PCR_INDEX = 23
 #: ``mqtt_bind`` values that listen on every address: they name no host a device can use.
 WILDCARD_BINDS = frozenset({"", "0.0.0.0", "::"})  # noqa: S104 - names, not binds
 
+#: Default rate limits of the attested key-release routes (requests a minute).
+DEFAULT_KEY_RELEASE_PER_ADDRESS = 60
+DEFAULT_KEY_RELEASE_PER_DEVICE = 10
+#: Largest rate limit ``server.toml`` may set (requests a minute).
+MAX_RATE_LIMIT = 1_000_000
+
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 MAX_CONFIG_FILE = 64 * 1024
@@ -80,6 +86,16 @@ class ServerConfig:
     #: reach this server (see :meth:`device_mqtt_url`). Set it when devices reach the
     #: broker under another name (NAT, DNS, a TLS-terminating proxy, a broker cluster).
     mqtt_public_url: str = ""
+    #: Rate limits of the token-less attested key-release routes (``POST /v1/keys/challenge``
+    #: and ``/v1/keys/release``), in requests a minute, each also the burst allowed at
+    #: once; 0 turns that limit off. ``key_release_per_address``: both routes together, per
+    #: client address (IPv6: per /64) - behind a reverse proxy that is the proxy's address,
+    #: so raise it there and limit per client in the proxy; raise it too when many devices
+    #: share one NAT address. ``key_release_per_device``: challenges per device id (each
+    #: release consumes a challenge, so that bounds the device's quote checks too). Over a
+    #: limit the answer is 429 with ``Retry-After``, which the agent retries later.
+    key_release_per_address: int = DEFAULT_KEY_RELEASE_PER_ADDRESS
+    key_release_per_device: int = DEFAULT_KEY_RELEASE_PER_DEVICE
     #: The ``[attestation_pcrs]`` table: see :data:`DEFAULT_ATTESTATION_PCRS`.
     attestation_pcrs: Mapping[str, tuple[int, ...]] = field(
         default_factory=lambda: dict(DEFAULT_ATTESTATION_PCRS)
@@ -115,6 +131,12 @@ class ServerConfig:
                 ) from None
         if not 0 <= self.bin_bits <= 14:
             raise ConfigError("bin_bits must be 0..14", field="bin_bits")
+        for name in ("key_release_per_address", "key_release_per_device"):
+            if getattr(self, name) > MAX_RATE_LIMIT:
+                raise ConfigError(
+                    f"{name} must be 0..{MAX_RATE_LIMIT} requests a minute (0: no limit)",
+                    field=name,
+                )
         if self.max_json_body < 1024 or self.max_upload < 1024:
             raise ConfigError("body limits must be at least 1024 bytes", field="max_upload")
 

@@ -31,6 +31,7 @@ from edgeseal.ota_server.hints import HintSettings
 from edgeseal.ota_server.kek import KeyEncryptionKey
 from edgeseal.ota_server.repository import Expiry, Repository
 from edgeseal.ota_server.service_errors import http_status
+from edgeseal.ota_server.telemetry import TelemetrySettings
 from edgeseal.sdk.errors import EdgesealError
 
 logger = logging.getLogger(__name__)
@@ -70,6 +71,8 @@ class ServerContext:
     clock: Clock = wall_clock
     #: Where release hints go (the MQTT broker ``run`` started), or None: no hints.
     hint_settings: HintSettings | None = None
+    #: Where the server reads device telemetry (the broker ``run`` started), or None.
+    telemetry_settings: TelemetrySettings | None = None
 
     @classmethod
     def open(
@@ -78,6 +81,7 @@ class ServerContext:
         *,
         now: Clock | None = None,
         hint_settings: HintSettings | None = None,
+        telemetry_settings: TelemetrySettings | None = None,
     ) -> ServerContext:
         data = DataDir(Path(data_dir))
         config = load_config(data)
@@ -93,6 +97,7 @@ class ServerContext:
             repository=repository,
             clock=now or wall_clock,
             hint_settings=hint_settings,
+            telemetry_settings=telemetry_settings,
         )
 
     def now(self) -> datetime:

@@ -1,4 +1,4 @@
-"""The fleet database: tokens, releases, devices, attestation and the audit log (SQLAlchemy 2 ORM).
+"""The fleet database: tokens, releases, devices, attestation, reports, audit (SQLAlchemy 2 ORM).
 
 SQLite by default (``DIR/server.db``); the same models run on PostgreSQL.
 Times are stored as ISO-8601 UTC text: the audit chain hashes them, so their
@@ -163,6 +163,30 @@ class KeyReleaseChallengeRow(Base):
     nonce: Mapped[bytes] = mapped_column(LargeBinary)
     pcrs: Mapped[list[int]] = mapped_column(JSON)
     expires: Mapped[str] = mapped_column(String(32))
+
+
+class DeviceReportRow(Base):
+    """The latest telemetry a device published (:mod:`edgeseal.ota_server.telemetry`).
+
+    A table of its own (no column of ``devices`` changes; ``create_all`` adds it to an
+    existing database), one row per device, overwritten by each report. What a device
+    *says* about itself: shown to people, never used for a trust decision.
+    """
+
+    __tablename__ = "device_reports"
+
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), primary_key=True)
+    family: Mapped[str] = mapped_column(String(64), index=True)
+    #: The version the device serves after the cycle (None: none yet).
+    version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    attempted_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    outcome: Mapped[str] = mapped_column(String(32))
+    #: At most ``mqtt_messages.MAX_REASON_CHARS`` printable characters.
+    reason: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    #: The device's own clock (the payload's ``at``).
+    reported_at: Mapped[str] = mapped_column(String(32))
+    #: The server's clock when the message arrived.
+    received_at: Mapped[str] = mapped_column(String(32))
 
 
 class AuditRow(Base):

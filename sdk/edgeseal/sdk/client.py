@@ -377,6 +377,16 @@ class ManagementClient:
         items = _expect_list(self._json("GET", "/api/v1/devices"), "devices")
         return [_expect_object(item, "a device") for item in items]
 
+    def fleet(self, family: str, silent_hours: int = 24) -> dict[str, Any]:
+        """The fleet view of ``family`` (``GET /api/v1/fleet``): ``devices`` (each with its
+        last telemetry ``report`` or None) and a ``summary`` (versions served, devices
+        whose last cycle failed or was refused, devices silent for ``silent_hours``)."""
+        query = urllib.parse.urlencode({"family": family, "silent_hours": silent_hours})
+        obj = _expect_object(self._json("GET", f"/api/v1/fleet?{query}"), "the fleet")
+        _expect_list(obj, "devices")
+        _expect_object(obj.get("summary"), "the fleet summary")
+        return obj
+
     def fetch_tuf_metadata(self, name: str) -> bytes | None:
         """A published TUF metadata file (``timestamp.json``, ``3.detector.json``), or None
         if the server has no such file. Unauthenticated, like the devices' fetches."""

@@ -15,7 +15,8 @@ def register(sub: Any) -> None:
         help="serve the management API and the TUF repository (HTTP)",
         description=(
             "Serve /api/v1 (management), /tuf (static TUF metadata and targets) and /healthz; "
-            "with mqtt_port set in server.toml, also run an MQTT broker for release hints. "
+            "with mqtt_port set in server.toml, also run an MQTT broker for release hints "
+            "and read the devices' telemetry (GET /api/v1/fleet). "
             "Online roles are re-signed in the background before they expire. SIGINT or "
             "SIGTERM stops the server gracefully. Put TLS in front of it (a reverse proxy) "
             "when it leaves loopback."
@@ -35,13 +36,18 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(data)
     broker = None
     hint_settings = None
+    telemetry_settings = None
     if config.mqtt_port:
         from edgeseal.ota_server.broker import MosquittoBroker
+        from edgeseal.ota_server.telemetry import TelemetrySettings
 
         broker = MosquittoBroker(data.broker, bind=config.mqtt_bind, port=config.mqtt_port)
         broker.start()
         hint_settings = broker.hint_settings()
-    app = create_app(args.data, hint_settings=hint_settings)
+        telemetry_settings = TelemetrySettings(
+            hint_settings.endpoint, hint_settings.username, hint_settings.password
+        )
+    app = create_app(args.data, hint_settings=hint_settings, telemetry_settings=telemetry_settings)
     server = uvicorn.Server(
         uvicorn.Config(
             app,

@@ -11,10 +11,17 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from edgeseal.sdk.cli import attest_cmd, inspect_cmd, keygen_cmd, release_cmd, seal_cmd
+from edgeseal.sdk.cli import (
+    attest_cmd,
+    fleet_cmd,
+    inspect_cmd,
+    keygen_cmd,
+    release_cmd,
+    seal_cmd,
+)
 from edgeseal.sdk.cli.common import run_command
 
-_SUBCOMMANDS = (keygen_cmd, seal_cmd, inspect_cmd, release_cmd, attest_cmd)
+_SUBCOMMANDS = (keygen_cmd, seal_cmd, inspect_cmd, release_cmd, fleet_cmd, attest_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
