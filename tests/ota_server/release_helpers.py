@@ -46,6 +46,7 @@ def build_release(
     *,
     hardware: tuple[str, ...] = ("rpi5",),
     plaintext: bytes | None = None,
+    rollout_percent: int = 100,
 ) -> BuiltRelease:
     model = plaintext if plaintext is not None else os.urandom(50_000)
     out = io.BytesIO()
@@ -58,7 +59,7 @@ def build_release(
         version=version,
         hardware=hardware,
         channel="stable",
-        rollout_percent=100,
+        rollout_percent=rollout_percent,
         plaintext=PlaintextDigest(
             header.digest_alg, header.plaintext_digest, header.plaintext_size
         ),

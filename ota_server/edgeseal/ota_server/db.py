@@ -38,7 +38,12 @@ AWAITING_SIGNATURES = "awaiting-signatures"
 PUBLISHED = "published"
 YANK_AWAITING_SIGNATURES = "yank-awaiting-signatures"
 YANKED = "yanked"
-PENDING_STATES = (AWAITING_SIGNATURES, YANK_AWAITING_SIGNATURES)
+#: A published release whose new ``rollout_percent`` awaits its signatures (still published).
+ROLLOUT_AWAITING_SIGNATURES = "rollout-awaiting-signatures"
+PENDING_STATES = (AWAITING_SIGNATURES, YANK_AWAITING_SIGNATURES, ROLLOUT_AWAITING_SIGNATURES)
+#: States of a release whose target is in the published TUF metadata (a pending yank
+#: or rollout change leaves it published until it is signed).
+LIVE_STATES = (PUBLISHED, YANK_AWAITING_SIGNATURES, ROLLOUT_AWAITING_SIGNATURES)
 #: ``device_attestation.enrolled`` of a device revoked before it ever enrolled (no AK).
 NOT_ENROLLED = ""
 

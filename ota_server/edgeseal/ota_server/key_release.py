@@ -84,7 +84,7 @@ ATTESTED = "attested"
 CHALLENGE_ACTION = "key.challenge"
 RELEASE_ACTION = "key.release"
 #: A release is published until its yank is signed (as for envelopes).
-_PUBLISHED_STATES = (db.PUBLISHED, db.YANK_AWAITING_SIGNATURES)
+_PUBLISHED_STATES = db.LIVE_STATES
 _MAX_CHALLENGE_ID = 64
 
 Random = Callable[[int], bytes]

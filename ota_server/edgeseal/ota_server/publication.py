@@ -6,7 +6,9 @@ snapshot and timestamp, and the release's content key is resealed from its KEK
 envelope to every device of a matching hardware class that is not revoked (a
 device added later gets the envelopes of every published release when it is
 added). A yank publishes the family without the target and removes whatever
-envelopes of it are still published (a revoked device's are already gone).
+envelopes of it are still published (a revoked device's are already gone). A
+rollout change publishes the family with only the target's ``rollout_percent``
+changed and records the signed percentage on the release row.
 
 Runs inside the caller's database transaction, like :mod:`edgeseal.ota_server.releases`.
 """
@@ -45,7 +47,8 @@ def upload_file_for(ctx: ServerContext, release_id: str) -> Path:
 def publish_release(
     ctx: ServerContext, session: Session, row: ReleaseRow, signed: Metadata[Targets]
 ) -> dict[str, Any]:
-    """Publish (or yank) ``row`` with its ``signed`` family metadata; return audit details."""
+    """Publish (or yank, or change the rollout of) ``row`` with its ``signed`` family
+    metadata; return audit details."""
     now = ctx.now()
     repo = ctx.repository
     if row.state == db.AWAITING_SIGNATURES:
@@ -74,6 +77,8 @@ def publish_release(
             )
         logger.info("published %s with %d envelopes", row.id, len(envelopes))
         return {"published": row.target_path, "envelopes": len(envelopes)}
+    if row.state == db.ROLLOUT_AWAITING_SIGNATURES:
+        return _publish_rollout(ctx, row, signed)
     repo.publish_family(row.family, signed, now=now)
     row.state = db.YANKED
     candidates = published_envelope_paths(session, row)
@@ -84,6 +89,28 @@ def publish_release(
     )
     logger.info("yanked %s, removed %d envelopes", row.id, len(removed))
     return {"yanked": row.target_path, "envelopes_removed": len(removed)}
+
+
+def _publish_rollout(
+    ctx: ServerContext, row: ReleaseRow, signed: Metadata[Targets]
+) -> dict[str, Any]:
+    """Publish a signed change of ``row``'s ``rollout_percent``; the row follows what was signed.
+
+    Envelopes are untouched: every device of the hardware class already has one, and
+    the cohort rule on the device decides who installs. Devices that installed the
+    release under a larger percentage keep it (a rollout never uninstalls).
+    """
+    now = ctx.now()
+    target = signed.signed.targets[row.target_path]
+    percent = target.custom["edgeseal"]["rollout_percent"]
+    previous = row.custom.get("rollout_percent")
+    ctx.repository.publish_family(row.family, signed, now=now)
+    row.custom = {**row.custom, "rollout_percent": percent}
+    row.state = db.PUBLISHED
+    if ctx.hint_settings is not None:
+        publish_hint_in_background(ctx.hint_settings, release_hint(row.family, row.version, now))
+    logger.info("rollout of %s: %s%% -> %s%%", row.id, previous, percent)
+    return {"rollout": row.target_path, "from_percent": previous, "to_percent": percent}
 
 
 # --- envelopes ------------------------------------------------------------------------------
@@ -148,9 +175,7 @@ def envelopes_for_device(
     out: dict[str, bytes] = {}
     if is_revoked(session, device.id):
         return out
-    rows = session.scalars(
-        select(ReleaseRow).where(ReleaseRow.state.in_((db.PUBLISHED, db.YANK_AWAITING_SIGNATURES)))
-    )
+    rows = session.scalars(select(ReleaseRow).where(ReleaseRow.state.in_(db.LIVE_STATES)))
     for row in rows:
         if device.hardware_class not in row.hardware or not _delivers_envelopes(row):
             continue
@@ -175,7 +200,7 @@ def device_envelope_paths(session: Session, device: DeviceRow) -> list[str]:
     ``missing_ok``."""
     rows = session.scalars(
         select(ReleaseRow)
-        .where(ReleaseRow.state.in_((db.PUBLISHED, db.YANK_AWAITING_SIGNATURES, db.YANKED)))
+        .where(ReleaseRow.state.in_((*db.LIVE_STATES, db.YANKED)))
         .order_by(ReleaseRow.id)
     )
     return sorted(

@@ -4,6 +4,7 @@ States (docs/dev/ota-contracts.md)::
 
     awaiting-upload -> awaiting-signatures -> published
                        -> yank-awaiting-signatures -> yanked
+    published -> rollout-awaiting-signatures -> published (new rollout_percent)
 
 The server never holds a release manager's key. It builds the *unsigned* next
 version of the family's targets metadata (the proposal), release managers
@@ -27,7 +28,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import copy
 import hmac
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -62,6 +65,7 @@ from edgeseal.sdk.releases import ReleaseMetadata
 from edgeseal.sdk.sealed import inspect_sealed_model
 
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_ROLLOUT_KEYS = frozenset({"percent"})
 _CREATE_KEYS = frozenset(
     {"family", "version", "custom", "kek_envelope_b64", "sealed_size", "sealed_sha256"}
 )
@@ -104,7 +108,24 @@ def release_json(row: ReleaseRow) -> dict[str, Any]:
         "sealed_sha256": row.sealed_sha256,
         "key_release": row.custom.get("key_release"),
         "rollout_percent": row.custom.get("rollout_percent"),
+        "pending_rollout_percent": pending_rollout_percent(row),
     }
+
+
+def pending_rollout_percent(row: ReleaseRow) -> int | None:
+    """The ``rollout_percent`` a pending rollout proposal would publish, else None.
+
+    Read from the proposal itself (the bytes the release managers sign), so what
+    the API shows is what a signature would publish.
+    """
+    if row.state != db.ROLLOUT_AWAITING_SIGNATURES or row.proposal is None:
+        return None
+    try:
+        targets = json.loads(row.proposal)["signed"]["targets"]
+        percent = targets[row.target_path]["custom"]["edgeseal"]["rollout_percent"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return percent if type(percent) is int else None
 
 
 def list_releases(session: Session, family: str | None = None) -> list[dict[str, Any]]:
@@ -373,3 +394,61 @@ def yank_release(
     _set_proposal(ctx, row, proposal, db.YANK_AWAITING_SIGNATURES)
     answer = {"id": row.id, "state": row.state, "proposal_version": row.proposal_version}
     return answer, {"release": row.id, "proposal_version": row.proposal_version}
+
+
+def rollout_release(
+    ctx: ServerContext, session: Session, principal: Principal, release_id: str, body: Any
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Propose the family metadata with only this release's ``rollout_percent`` changed.
+
+    Raising widens the cohort range (devices already in stay in); lowering is a
+    legitimate pause or shrink, but devices that already installed keep the release
+    (a yank is what takes it away).
+    """
+    row = get_release(session, release_id)
+    require_release_manager(principal, row.family)
+    check_keys(body, _ROLLOUT_KEYS)
+    percent = body["percent"]
+    if type(percent) is not int or not 1 <= percent <= 100:
+        raise BadRequestError("percent must be an integer from 1 to 100", field="percent")
+    if row.state != db.PUBLISHED:
+        raise ConflictError(
+            f"release {row.id} is {row.state}; only a published release changes its rollout"
+        )
+    current = row.custom.get("rollout_percent")
+    if percent == current:
+        raise BadRequestError(f"release {row.id} is already at {percent}%", field="percent")
+    pending = _pending_in_family(session, row.family, row.id)
+    if pending is not None:
+        raise ConflictError(f"family {row.family} already has a pending proposal ({pending.id})")
+    published = ctx.repository.family_targets(row.family).signed.targets.get(row.target_path)
+    if published is None:
+        raise ConflictError(f"release {row.id} is not in the published {row.family} metadata")
+    # Everything of the published target but the one field, byte for byte (what
+    # ``edgeseal release sign`` checks before signing).
+    fields = copy.deepcopy(published.unrecognized_fields)
+    fields["custom"]["edgeseal"]["rollout_percent"] = percent
+    target = TargetFile(
+        length=published.length,
+        hashes=dict(published.hashes),
+        path=published.path,
+        unrecognized_fields=fields,
+    )
+    proposal = ctx.repository.propose_family(
+        row.family, add={row.target_path: target}, now=ctx.now()
+    )
+    _set_proposal(ctx, row, proposal, db.ROLLOUT_AWAITING_SIGNATURES)
+    answer = {
+        "id": row.id,
+        "state": row.state,
+        "proposal_version": row.proposal_version,
+        "rollout_percent": current,
+        "pending_rollout_percent": percent,
+    }
+    details = {
+        "release": row.id,
+        "proposal_version": row.proposal_version,
+        "from_percent": current,
+        "to_percent": percent,
+    }
+    return answer, details

@@ -85,6 +85,13 @@ def _register_changes(app: FastAPI, ctx: ServerContext) -> None:
 
         return await state_change(ctx, request, "release.yank", no_body(ctx), work)
 
+    @app.post("/api/v1/releases/{release_id}/rollout")
+    async def rollout(request: Request, release_id: str) -> JSONResponse:
+        def work(s: Session, p: Principal, body: Any) -> tuple[Any, dict[str, Any]]:
+            return releases.rollout_release(ctx, s, p, release_id, body)
+
+        return await state_change(ctx, request, "release.rollout", json_body(ctx), work)
+
     @app.put("/api/v1/releases/{release_id}/sealed-model")
     async def upload(request: Request, release_id: str) -> JSONResponse:
         def work(s: Session, p: Principal, staged: Any) -> tuple[Any, dict[str, Any]]:

@@ -43,7 +43,7 @@ BUNDLE_VERSION = 1
 DEFAULT_VALID_DAYS = 30
 MAX_VALID_DAYS = 366
 #: Release states whose model may be running on a device (a pending yank is still published).
-_LISTED_STATES = (db.PUBLISHED, db.YANK_AWAITING_SIGNATURES, db.YANKED)
+_LISTED_STATES = (*db.LIVE_STATES, db.YANKED)
 
 
 # --- the payload ---------------------------------------------------------------------------

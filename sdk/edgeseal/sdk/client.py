@@ -352,6 +352,17 @@ class ManagementClient:
             self._json("POST", f"/api/v1/releases/{_quote(release_id)}/yank", {})
         )
 
+    def rollout(self, release_id: str, percent: int) -> ReleaseRecord:
+        """Propose changing a published release's ``rollout_percent`` (then k managers sign).
+
+        The record's ``raw["pending_rollout_percent"]`` is the proposed value.
+        """
+        return ReleaseRecord.from_json(
+            self._json(
+                "POST", f"/api/v1/releases/{_quote(release_id)}/rollout", {"percent": percent}
+            )
+        )
+
     def list_releases(self, family: str | None = None) -> list[ReleaseRecord]:
         path = "/api/v1/releases"
         if family is not None:

@@ -1,17 +1,20 @@
 """A release manager's signature on a proposed family metadata, after checking it.
 
 The server proposes the next version of a family's delegated targets metadata
-(one release added, or one yanked) and collects the release managers'
-signatures. It holds none of their keys, so a compromised server can only
-get a change published by making k release managers sign it. Each of them
-therefore signs only after :func:`verify_proposal` has shown that the
-proposal is exactly the expected change against the currently published
-metadata:
+(one release added, one yanked, or one's ``rollout_percent`` changed) and
+collects the release managers' signatures. It holds none of their keys, so a
+compromised server can only get a change published by making k release
+managers sign it. Each of them therefore signs only after
+:func:`verify_proposal` has shown that the proposal is exactly the expected
+change against the currently published metadata:
 
 * it is the next version (no version skipped, none reused);
 * its target set is the published one plus the release's target (or minus
   it, for a yank), every other target byte-for-byte unchanged (length, hashes
   and custom metadata);
+* for a rollout change, the target set is the published one and the only
+  difference is the release's ``rollout_percent``, now the expected value
+  (length, hashes and every other field of the release metadata unchanged);
 * the added target has the length and SHA-256 that the release manager
   expects (the server's record, and the local sealed file when given) and
   valid release metadata naming the same family and version as its path;
@@ -25,6 +28,7 @@ sdk core does not need them.
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -68,10 +72,12 @@ class ExpectedChange:
 
     family: str
     version: int
-    action: Literal["add", "remove"]
+    action: Literal["add", "remove", "rollout"]
     #: Expected length and SHA-256 (hex) of the sealed model, when known.
     length: int | None = None
     sha256: str | None = None
+    #: For ``"rollout"``: the new ``rollout_percent`` (required).
+    rollout_percent: int | None = None
 
     @property
     def target_path(self) -> str:
@@ -85,13 +91,15 @@ class ProposalSummary:
     family: str
     version: int
     previous_version: int | None
-    action: Literal["add", "remove"]
+    action: Literal["add", "remove", "rollout"]
     target_path: str
     length: int
     sha256: str
     release: ReleaseMetadata
     expires: datetime
     unchanged_targets: int
+    #: For a rollout change: the published ``rollout_percent`` it replaces.
+    previous_rollout_percent: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         r = self.release
@@ -112,6 +120,7 @@ class ProposalSummary:
             "plaintext_digest": f"{r.plaintext.digest_alg}:{r.plaintext.digest.hex()}",
             "expires": self.expires.isoformat(),
             "unchanged_targets": self.unchanged_targets,
+            "previous_rollout_percent": self.previous_rollout_percent,
         }
 
 
@@ -161,6 +170,10 @@ def verify_proposal(
     before = dict(published.targets) if published is not None else {}
     after = dict(proposed.targets)
     path = expected.target_path
+    if expected.action == "rollout":
+        return _verify_rollout(
+            before, after, expected, version=proposed.version, previous=previous, expires=expires
+        )
     if expected.action == "add":
         if path in before:
             raise ProposalError(f"{path} is already published", field="targets")
@@ -192,6 +205,82 @@ def verify_proposal(
         expires=expires,
         unchanged_targets=len(expected_paths - {path}),
     )
+
+
+def _verify_rollout(
+    before: dict[str, Any],
+    after: dict[str, Any],
+    expected: ExpectedChange,
+    *,
+    version: int,
+    previous: int | None,
+    expires: datetime,
+) -> ProposalSummary:
+    """Exactly one change: ``expected.target_path``'s ``rollout_percent``, to the expected value."""
+    from tuf.api.metadata import TargetFile
+
+    path = expected.target_path
+    percent = expected.rollout_percent
+    if type(percent) is not int or not 1 <= percent <= 100:
+        raise ProposalError("a rollout change needs the expected percentage (1 to 100)")
+    if path not in before:
+        raise ProposalError(f"{path} is not published, so its rollout cannot change")
+    extra = sorted(set(after) - set(before))
+    if extra:
+        raise ProposalError(f"the proposal adds unexpected target(s) {', '.join(extra)}")
+    missing = sorted(set(before) - set(after))
+    if missing:
+        raise ProposalError(f"the proposal removes or omits target(s) {', '.join(missing)}")
+    for other in sorted(set(before) - {path}):
+        if after[other] != before[other]:
+            raise ProposalError(f"the proposal changes the published target {other}")
+    old = before[path]
+    old_release = _check_target(old, expected, check_expected=False)
+    if old_release.rollout_percent == percent:
+        raise ProposalError(f"{path} is already published at {percent}%", field="custom")
+    # The published target with that one field replaced: anything else that differs
+    # (length, hashes, another metadata field, an unknown field) is refused.
+    fields = copy.deepcopy(old.unrecognized_fields)
+    fields["custom"]["edgeseal"]["rollout_percent"] = percent
+    wanted = TargetFile(old.length, dict(old.hashes), path, fields)
+    new = after[path]
+    if new != wanted:
+        raise ProposalError(
+            f"the proposal changes more of {path} than its rollout_percent to {percent}% "
+            f"({', '.join(_target_differences(wanted, new))} differ)",
+            field="targets",
+        )
+    release = _check_target(new, expected, check_expected=False)
+    return ProposalSummary(
+        family=expected.family,
+        version=version,
+        previous_version=previous,
+        action="rollout",
+        target_path=path,
+        length=new.length,
+        sha256=new.hashes["sha256"],
+        release=release,
+        expires=expires,
+        unchanged_targets=len(before) - 1,
+        previous_rollout_percent=old_release.rollout_percent,
+    )
+
+
+def _target_differences(wanted: Any, got: Any) -> list[str]:
+    names = ("length", "hashes", "path")
+    out = [name for name in names if getattr(wanted, name) != getattr(got, name)]
+    want_fields, got_fields = dict(wanted.unrecognized_fields), dict(got.unrecognized_fields)
+    want_custom, got_custom = want_fields.pop("custom", None), got_fields.pop("custom", None)
+    if want_fields != got_fields:
+        out.append("unknown fields")
+    if want_custom != got_custom:
+        w = want_custom.get("edgeseal", {}) if isinstance(want_custom, dict) else {}
+        g = got_custom.get("edgeseal", {}) if isinstance(got_custom, dict) else {}
+        if not isinstance(g, dict) or set(w) ^ set(g):
+            out.append("custom")
+        else:
+            out.extend(f"custom.{key}" for key in sorted(w) if w[key] != g.get(key))
+    return out or ["fields"]
 
 
 def _parse(data: bytes, what: str) -> Any:

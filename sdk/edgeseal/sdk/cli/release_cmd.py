@@ -1,4 +1,4 @@
-"""``edgeseal release``: create, sign, list, show and yank releases on an OTA server.
+"""``edgeseal release``: create, sign, list, show, roll out and yank releases on an OTA server.
 
 The server URL comes from ``--server`` or ``EDGESEAL_SERVER``; the API token
 from ``--token-file`` or ``EDGESEAL_TOKEN`` (flag before environment). The
@@ -63,6 +63,24 @@ def register(sub: Any) -> None:
     )
     yank.add_argument("release", help="release id")
     yank.set_defaults(func=run_yank)
+
+    rollout = actions.add_parser(
+        "rollout",
+        parents=[common],
+        allow_abbrev=False,
+        help="propose a new rollout percentage for a published release (then sign it)",
+        description=(
+            "Ask the server for a proposal that changes only the release's rollout_percent. "
+            "Nothing changes for devices until k release managers run 'edgeseal release "
+            "sign' on it. Lowering it stops devices not yet updated from installing; "
+            "devices that already installed the release keep it (yank to withdraw it)."
+        ),
+    )
+    rollout.add_argument("release", help="release id")
+    rollout.add_argument(
+        "--percent", required=True, type=int, help="the new rollout percentage, 1 to 100"
+    )
+    rollout.set_defaults(func=run_rollout)
 
 
 def connection_options() -> argparse.ArgumentParser:
@@ -170,7 +188,7 @@ def run_list(args: argparse.Namespace) -> int:
     if not records:
         print("no releases")
         return 0
-    rows = [("ID", "FAMILY", "VERSION", "STATE", "CHANNEL", "HARDWARE", "SIGNED")]
+    rows = [("ID", "FAMILY", "VERSION", "STATE", "CHANNEL", "ROLLOUT", "HARDWARE", "SIGNED")]
     for r in records:
         signed = f"{r.signatures if r.signatures is not None else '?'}/{r.threshold or '?'}"
         rows.append(
@@ -180,6 +198,7 @@ def run_list(args: argparse.Namespace) -> int:
                 str(r.version if r.version is not None else "?"),
                 r.state,
                 r.channel or "?",
+                rollout_text(r),
                 ",".join(r.hardware) or "?",
                 signed,
             )
@@ -188,6 +207,15 @@ def run_list(args: argparse.Namespace) -> int:
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     return 0
+
+
+def rollout_text(record: ReleaseRecord) -> str:
+    """``50%``, or ``10% -> 50%`` while a rollout change awaits its signatures."""
+    current, pending = record.raw.get("rollout_percent"), record.raw.get("pending_rollout_percent")
+    shown = f"{current}%" if type(current) is int else "?"
+    if type(pending) is int:
+        shown += f" -> {pending}%"
+    return shown
 
 
 def run_show(args: argparse.Namespace) -> int:
@@ -211,4 +239,19 @@ def run_yank(args: argparse.Namespace) -> int:
         return 0
     print(f"release {record.id}: {record.state}")
     print(f"now sign the yank: edgeseal release sign {record.id} --key YOUR_KEY")
+    return 0
+
+
+def run_rollout(args: argparse.Namespace) -> int:
+    if not 1 <= args.percent <= 100:
+        raise CLIError("--percent must be from 1 to 100")
+    record = make_client(args).rollout(args.release, args.percent)
+    if args.json:
+        print_json(record_summary(record))
+        return 0
+    print(f"release {record.id}: {record.state} ({rollout_text(record)})")
+    print(
+        f"now sign the rollout: edgeseal release sign {record.id} --percent {args.percent} "
+        "--key YOUR_KEY"
+    )
     return 0

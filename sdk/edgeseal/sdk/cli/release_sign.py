@@ -4,7 +4,9 @@ The published family metadata is read from the server's ``/tuf/metadata/``
 and authenticated along the TUF chain (:mod:`edgeseal.sdk.published`) from the
 root given by ``--root`` (env ``EDGESEAL_ROOT``), or the server's first root
 trusted on first use. The proposal must be exactly that metadata with the
-release's target added (or removed, for a yank), at the next version
+release's target added (or removed, for a yank; or with only its
+``rollout_percent`` changed to the server's recorded pending value, for a
+rollout change), at the next version
 (:func:`edgeseal.sdk.signing.verify_proposal`). Nothing is signed otherwise.
 """
 
@@ -32,8 +34,9 @@ def register(actions: Any, common: argparse.ArgumentParser) -> None:
         help="verify a release's proposal and sign it",
         description=(
             "Fetch the release's proposed family metadata, check that it is exactly the "
-            "published metadata plus this release (or minus it, for a yank), show what it "
-            "does, and sign it with your release-manager key."
+            "published metadata plus this release (or minus it, for a yank; or with only "
+            "its rollout percentage changed, for a rollout), show what it does, and sign it "
+            "with your release-manager key."
         ),
     )
     p.add_argument("release", help="release id")
@@ -58,6 +61,12 @@ def register(actions: Any, common: argparse.ArgumentParser) -> None:
         default=os.environ.get("EDGESEAL_ROOT"),
         help="a root.json you trust (env EDGESEAL_ROOT); without it the server's first "
         "root is trusted on first use",
+    )
+    p.add_argument(
+        "--percent",
+        type=int,
+        help="for a rollout change: the percentage you expect it to publish (otherwise the "
+        "server's pending value, shown before you confirm)",
     )
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.set_defaults(func=run)
@@ -93,11 +102,15 @@ def run(args: argparse.Namespace) -> int:
     record = client.get_release(args.release)
     if record.family is None or record.version is None:
         raise CLIError(f"the server's record of release {record.id} lacks family or version")
-    action: Literal["add", "remove"]
+    action: Literal["add", "remove", "rollout"]
+    percent: int | None = None
     if record.state == "awaiting-signatures":
         action = "add"
     elif record.state == "yank-awaiting-signatures":
         action = "remove"
+    elif record.state == "rollout-awaiting-signatures":
+        action = "rollout"
+        percent = _expected_percent(record.id, record.raw.get("pending_rollout_percent"), args)
     else:
         raise CLIError(f"release {record.id} is {record.state}: there is nothing to sign")
     length, sha256 = record.sealed_size, record.sealed_sha256
@@ -122,7 +135,9 @@ def run(args: argparse.Namespace) -> int:
 
     published = published_family(client.fetch_tuf_metadata, record.family, trusted_root)
     proposal = client.proposal(record.id)
-    expected = ExpectedChange(record.family, record.version, action, length, sha256)
+    expected = ExpectedChange(
+        record.family, record.version, action, length, sha256, rollout_percent=percent
+    )
     summary = verify_proposal(proposal, published.metadata, expected)
     release = summary.release
     if header is not None and (
@@ -171,10 +186,27 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _expected_percent(release_id: str, pending: Any, args: argparse.Namespace) -> int:
+    """The rollout percentage to verify: ``--percent`` if given (it must be the server's)."""
+    if type(pending) is not int:
+        raise CLIError(f"the server's record of release {release_id} lacks its pending percentage")
+    if args.percent is not None and args.percent != pending:
+        raise CLIError(
+            f"the server's pending rollout of {release_id} is {pending}%, not the "
+            f"{args.percent}% you expect: not signed"
+        )
+    return pending
+
+
 def _print_summary(release_id: str, summary: dict[str, Any], notes: list[str]) -> None:
-    verb = "publishes" if summary["action"] == "add" else "YANKS"
+    verb = {"add": "publishes", "remove": "YANKS"}.get(summary["action"], "CHANGES THE ROLLOUT OF")
     previous = summary["previous_metadata_version"]
     change = f"version {previous} -> " if previous is not None else "first version, "
+    if summary["action"] == "rollout":
+        print(
+            f"release {release_id}: rollout_percent {summary['previous_rollout_percent']}% -> "
+            f"{summary['rollout_percent']}%, nothing else changes"
+        )
     print(
         f"release {release_id} {verb} {summary['target_path']} "
         f"({summary['family']} metadata {change}{summary['metadata_version']}, "
