@@ -31,13 +31,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from edgeseal.device_agent.cli.run_cmd import add_config_flag, config_from_args
-from edgeseal.device_agent.config import DEFAULT_CONFIG_PATH, ENV_CONFIG_PATH, AgentConfig
+from edgeseal.device_agent.cli.run_cmd import add_config_flag, config_from_args, config_path
+from edgeseal.device_agent.config import AgentConfig
 from edgeseal.hardware.errors import HardwareError
 from edgeseal.hardware.policy import SignedPCRPolicy
 from edgeseal.sdk.cli.common import CLIError
@@ -167,11 +166,6 @@ def current_policy(config: AgentConfig) -> SignedPCRPolicy | None:
         ) from exc
 
 
-def config_file(args: argparse.Namespace) -> Path:
-    """The configuration file :func:`config_from_args` reads."""
-    return Path(args.config or os.environ.get(ENV_CONFIG_PATH, DEFAULT_CONFIG_PATH))
-
-
 def install_mqtt(args: argparse.Namespace, config: AgentConfig, credentials: Any) -> dict[str, str]:
     """Install the broker login (see the module docstring); what was written, no password."""
     from edgeseal.device_agent.enroll import install_mqtt_credentials
@@ -179,7 +173,7 @@ def install_mqtt(args: argparse.Namespace, config: AgentConfig, credentials: Any
     try:
         done = install_mqtt_credentials(
             credentials,
-            config_file=config_file(args),
+            config_file=config_path(args),
             password_file=config.mqtt_password_file,
             state_dir=Path(config.state_dir),
         )

@@ -32,10 +32,14 @@ def add_config_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
+def config_path(args: argparse.Namespace) -> Path:
+    """The config file: --config, $EDGESEAL_AGENT_CONFIG or the default path."""
+    return Path(args.config or os.environ.get(ENV_CONFIG_PATH, DEFAULT_CONFIG_PATH))
+
+
 def config_from_args(args: argparse.Namespace) -> AgentConfig:
     """Read the config named by --config, $EDGESEAL_AGENT_CONFIG or the default path."""
-    path = args.config or Path(os.environ.get(ENV_CONFIG_PATH, DEFAULT_CONFIG_PATH))
-    return load_config(path, env=os.environ)
+    return load_config(config_path(args), env=os.environ)
 
 
 def register(sub: Any) -> None:
