@@ -134,8 +134,26 @@ def key_release_binding(nonce: bytes, device_id: str, family: str, version: int)
 # --- the bodies ------------------------------------------------------------------------------
 
 
+class _Body:
+    """``encode``/``parse`` of a message body, from its ``to_json``/``from_json``."""
+
+    def to_json(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_json(cls, doc: object) -> Self:
+        raise NotImplementedError
+
+    def encode(self) -> bytes:
+        return canonical_json(self.to_json())
+
+    @classmethod
+    def parse(cls, data: bytes | bytearray) -> Self:
+        return cls.from_json(_loads(data))
+
+
 @dataclass(frozen=True)
-class KeyChallengeRequest:
+class KeyChallengeRequest(_Body):
     """``POST /v1/keys/challenge``: which device asks for which release's key."""
 
     device_id: str
@@ -150,13 +168,6 @@ class KeyChallengeRequest:
     def to_json(self) -> dict[str, Any]:
         return {"device_id": self.device_id, "family": self.family, "version": self.version}
 
-    def encode(self) -> bytes:
-        return canonical_json(self.to_json())
-
-    @classmethod
-    def parse(cls, data: bytes | bytearray) -> Self:
-        return cls.from_json(_loads(data))
-
     @classmethod
     def from_json(cls, doc: object) -> Self:
         obj = _exact(doc, ("device_id", "family", "version"))
@@ -164,7 +175,7 @@ class KeyChallengeRequest:
 
 
 @dataclass(frozen=True)
-class KeyChallenge:
+class KeyChallenge(_Body):
     """The server's challenge: its id, a fresh nonce and the PCRs to quote (kept sorted)."""
 
     challenge_id: str
@@ -184,13 +195,6 @@ class KeyChallenge:
             "pcrs": list(self.pcrs),
         }
 
-    def encode(self) -> bytes:
-        return canonical_json(self.to_json())
-
-    @classmethod
-    def parse(cls, data: bytes | bytearray) -> Self:
-        return cls.from_json(_loads(data))
-
     @classmethod
     def from_json(cls, doc: object) -> Self:
         obj = _exact(doc, ("challenge_id", "nonce", "pcrs"))
@@ -203,7 +207,7 @@ class KeyChallenge:
 
 
 @dataclass(frozen=True)
-class KeyReleaseRequest:
+class KeyReleaseRequest(_Body):
     """``POST /v1/keys/release``: the PCR values read and the quote over them.
 
     ``pcrs`` maps each quoted index to its SHA-256 bank value (ascending order),
@@ -243,13 +247,6 @@ class KeyReleaseRequest:
             "pcr_policy": None if self.pcr_policy is None else _b64(self.pcr_policy),
         }
 
-    def encode(self) -> bytes:
-        return canonical_json(self.to_json())
-
-    @classmethod
-    def parse(cls, data: bytes | bytearray) -> Self:
-        return cls.from_json(_loads(data))
-
     @classmethod
     def from_json(cls, doc: object) -> Self:
         # pcr_policy is optional: an agent from before signed PCR policies does not send it.
@@ -279,7 +276,7 @@ class KeyReleaseRequest:
 
 
 @dataclass(frozen=True)
-class KeyReleaseResponse:
+class KeyReleaseResponse(_Body):
     """The server's answer to a release: the content key in an HPKE envelope for the device."""
 
     envelope: bytes
@@ -289,13 +286,6 @@ class KeyReleaseResponse:
 
     def to_json(self) -> dict[str, Any]:
         return {"envelope": _b64(self.envelope)}
-
-    def encode(self) -> bytes:
-        return canonical_json(self.to_json())
-
-    @classmethod
-    def parse(cls, data: bytes | bytearray) -> Self:
-        return cls.from_json(_loads(data))
 
     @classmethod
     def from_json(cls, doc: object) -> Self:
